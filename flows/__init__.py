@@ -1,0 +1,1 @@
+"""Prefect flows (metis-train) and the `metis` command line."""

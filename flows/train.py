@@ -1,0 +1,101 @@
+"""metis-train: the training loop as a Prefect flow. One iteration is the list of its stages."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from tqdm.auto import tqdm
+
+from metis_core.config import load_config
+from metis_core.launch import open_run, prepare_run_dir
+from tasks import stages
+from tasks.runtime import live_run, register, release
+
+
+def metis_iteration(
+    run_id: str, step: int, evaluate_now: bool, checkpoint_now: bool
+) -> dict[str, float]:
+    """One METIS iteration, top to bottom (METIS.md sections 2-5)."""
+    memory = stages.history(run_id, step)  # calibration memory: K recent (prompt, realised v)
+    judgments = stages.judge(run_id, step, memory)  # the policy predicts v_hat for m*B candidates
+    selection = stages.select(run_id, step, judgments)  # Top-B of v_hat (+ exploration share)
+    rollouts = stages.rollout(run_id, step, selection)  # n completions per selected prompt
+    verified = stages.verify(run_id, step, rollouts, judgments)  # rewards, realised v, R_judge
+    stages.record(run_id, step, rollouts, verified, judgments)  # outcome history (DuckDB)
+    extra = stages.update(run_id, step, rollouts, verified, judgments)  # L_task + lambda * L_judge
+    extra |= stages.sync(run_id, step)  # new weights into vLLM, checked
+    if evaluate_now:
+        extra |= stages.evaluate(run_id, step)  # held-out avg@k, pass@k
+    if checkpoint_now:
+        stages.checkpoint(run_id, step)
+    return stages.log_iteration(run_id, step, rollouts, verified, judgments, extra)
+
+
+def _due(step: int, every: int, last: int) -> bool:
+    return step == last or (every > 0 and (step + 1) % every == 0)
+
+
+@task(name="open-run", cache_policy=NO_CACHE)
+def _prepare(config_file: str | None, overrides: list[str], resume: str | None) -> str:
+    if resume:
+        run_dir = Path(resume)
+        if not (run_dir / "config.json").is_file():
+            raise FileNotFoundError(
+                f"--resume {resume}: no config.json there; give a run folder under the output dir"
+            )
+        return str(run_dir)
+    return str(prepare_run_dir(load_config(config_file, overrides)))
+
+
+@flow(name="metis-train", log_prints=True)
+def train(
+    config_file: str | None = None, overrides: list[str] | None = None, resume: str | None = None
+) -> str:
+    """Train a policy with a self-judged curriculum. Returns the run folder.
+
+    config_file: YAML config (sparse); overrides: `key=value` strings; resume: a run folder to
+    continue from its latest checkpoint.
+    """
+    run_dir = Path(_prepare(config_file, list(overrides or []), resume))
+    run = open_run(run_dir)
+    register(run)
+    cfg = run.cfg
+    last = cfg.steps - 1
+    status = "FAILED"
+    try:
+        bar = tqdm(range(run.start_step, cfg.steps), desc=run.run_id, unit="it", dynamic_ncols=True)
+        for step in bar:
+            run.stage_seconds = {}
+            metrics = metis_iteration(
+                run.run_id,
+                step,
+                _due(step, cfg.eval.every, last),
+                _due(step, cfg.checkpoint_every, last),
+            )
+            bar.set_postfix_str(progress_line(metrics, cfg.eval.samples, short=True))
+            tqdm.write(f"step {step:4d} | {progress_line(metrics, cfg.eval.samples)}")
+        status = "FINISHED"
+    finally:
+        live_run(run.run_id).tracker.end(status)
+        release(run.run_id)
+    return str(run_dir)
+
+
+def progress_line(m: dict[str, float], k: int, short: bool = False) -> str:
+    parts = [
+        f"reward {m['train/reward_mean']:.3f}",
+        f"zero-var {m['train/zero_variance_fraction']:.2f}",
+    ]
+    if f"eval/avg_at_{k}" in m:
+        parts.append(f"heldout avg@{k} {m[f'eval/avg_at_{k}']:.3f}")
+    if "judge/spearman" in m:
+        rho = m["judge/spearman"]
+        parts.append(f"judge rho {'n/a' if math.isnan(rho) else f'{rho:+.2f}'}")
+        parts.append(f"parse-fail {m['judge/parse_failure_rate']:.0%}")
+    if not short:
+        times = " ".join(f"{k[5:-2]} {v:.1f}s" for k, v in m.items() if k.startswith("time/"))
+        parts.append(times)
+    return " | ".join(parts)

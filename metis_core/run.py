@@ -1,0 +1,141 @@
+"""A training run's live parts (engine, trainer, store, tracker, sampler) and its folder.
+
+Stages receive a `Run` and a step number and hand each other small files under
+`<run_dir>/steps/<step>/`, so a resumed run (or a cached Prefect task) picks them up from disk.
+
+    <output_dir>/<run_id>/
+        config.json          the resolved config
+        run.json             run id, MLflow run id
+        pool.parquet         the prompt pool with its split
+        history.duckdb       the outcome history
+        steps/000003/*.json  stage hand-offs of iteration 3
+        checkpoints/         DeepSpeed checkpoints (+ an HF export of the policy)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metis_core.algorithms import MovingAverageBaseline
+from metis_core.config import RunConfig
+from metis_core.samplers import Sampler, make_sampler
+
+log = logging.getLogger(__name__)
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write atomically: a crash mid-write never leaves a half file for a resumed run to read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, default=float))
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class Run:
+    cfg: RunConfig
+    run_id: str
+    run_dir: Path
+    model_dir: Path
+    pool: Any
+    """The prompt pool (HF Dataset) with prompt_id, prompt, answer, task, difficulty, metadata, split."""
+    engine: Any
+    trainer: Any
+    store: Any
+    tracker: Any
+    sampler: Sampler
+    baseline: MovingAverageBaseline
+    start_step: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    totals: dict[str, float] = field(default_factory=dict)
+    """Cumulative rollouts and tokens spent; checkpointed so a resumed run keeps counting."""
+    _prompt_tokens: dict[str, list[int]] = field(default_factory=dict)
+
+    # ---- folders and hand-off files -------------------------------------------------------------
+    def step_dir(self, step: int) -> Path:
+        return self.run_dir / "steps" / f"{step:06d}"
+
+    def step_file(self, step: int, name: str) -> Path:
+        return self.step_dir(step) / f"{name}.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def rng(self, step: int, purpose: str) -> np.random.Generator:
+        """A generator seeded by (seed, step, purpose): a replayed step draws the same numbers."""
+        return np.random.default_rng([self.cfg.seed, step, sum(purpose.encode())])
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[stage] = (
+                self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start
+            )
+
+    # ---- prompts -------------------------------------------------------------------------------
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        return [r for r in self.pool if r["split"] == split]
+
+    def task_prompt_ids(self, row: dict[str, Any]) -> list[int]:
+        """Chat-formatted task prompt (system + problem + assistant prefill) as token ids."""
+        pid = row["prompt_id"]
+        if pid not in self._prompt_tokens:
+            messages = [
+                {"role": "system", "content": self.cfg.data.system_prompt},
+                {"role": "user", "content": row["prompt"]},
+            ]
+            text = self.engine.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            text += self.cfg.data.assistant_prefill
+            self._prompt_tokens[pid] = self.engine.tokenizer.encode(text, add_special_tokens=False)
+        return self._prompt_tokens[pid]
+
+    def truncate(self, text: str, max_tokens: int) -> str:
+        ids = self.engine.tokenizer.encode(text, add_special_tokens=False)
+        return (
+            text
+            if len(ids) <= max_tokens
+            else self.engine.tokenizer.decode(ids[:max_tokens]) + " ..."
+        )
+
+    # ---- state that checkpoints carry ----------------------------------------------------------
+    def client_state(self, step: int) -> dict[str, Any]:
+        return {
+            "step": step,
+            "sampler": self.sampler.state_dict(),
+            "judge_baseline": self.baseline.state_dict(),
+            "totals": dict(self.totals),
+        }
+
+    def load_client_state(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.baseline.load_state_dict(state["judge_baseline"])
+        self.totals = dict(state.get("totals", {}))
+        self.start_step = int(state["step"]) + 1
+
+
+def new_sampler(cfg: RunConfig) -> Sampler:
+    return make_sampler(cfg.curriculum.sampler, exploration=cfg.curriculum.exploration)
+
+
+def trains_judge(cfg: RunConfig, sampler: Sampler) -> bool:
+    return sampler.needs_judgment and cfg.judge.lam > 0

@@ -1,0 +1,104 @@
+"""history, judge, select: which prompts get this iteration's rollout budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from metis_core.judgment import (
+    JUDGMENT_REGEX,
+    CalibrationExample,
+    calibration_memory,
+    judgment_messages,
+    parse_judgment,
+)
+from metis_core.run import Run, read_json, write_json
+
+
+def history(run: Run, step: int) -> list[CalibrationExample]:
+    """The calibration memory: K recent training outcomes spread over their range of variance.
+
+    Before any history exists (step 0) the memory is empty; see `select` for what that means.
+    """
+    recent = run.store.recent_variances(run.run_id, step, run.cfg.judge.memory_window)
+    return calibration_memory(
+        [CalibrationExample(p, v) for p, v, _ in recent], run.cfg.judge.k_examples
+    )
+
+
+def draw_candidates(run: Run, step: int) -> list[dict]:
+    """C_t: m * B prompts drawn uniformly from the training split (seeded by step)."""
+    train = run.rows("train")
+    size = run.cfg.curriculum.batch_prompts * run.cfg.curriculum.pool_multiplier
+    picks = run.rng(step, "candidates").choice(
+        len(train), size=min(size, len(train)), replace=False
+    )
+    return [train[int(i)] for i in picks]
+
+
+def judge(run: Run, step: int, memory: list[CalibrationExample]) -> Path:
+    """The policy predicts v_hat for every candidate (for samplers that ask for judgments).
+
+    Writes judgments.json: per candidate its id, v_hat (None when unparsable), the judgment text,
+    and the judgment prompt / emitted token ids the judge loss trains on.
+    """
+    cfg = run.cfg.judge
+    candidates = draw_candidates(run, step)
+    rows = [{"prompt_id": c["prompt_id"]} for c in candidates]
+    if run.sampler.needs_judgment:
+        tok = run.engine.tokenizer
+        prompts = []
+        for c in candidates:
+            messages = judgment_messages(
+                c["prompt"], memory, run.truncate, cfg.example_max_tokens, cfg.candidate_max_tokens
+            )
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            prompts.append(tok.encode(text, add_special_tokens=False))
+        outputs = run.engine.generate(
+            prompts,
+            n=1,
+            temperature=cfg.temperature,
+            max_tokens=cfg.max_tokens,
+            logprobs=False,
+            regex=JUDGMENT_REGEX if cfg.constrained else None,
+        )
+        for row, prompt, (out,) in zip(rows, prompts, outputs, strict=True):
+            row.update(
+                v_hat=parse_judgment(out.text).v_hat,
+                text=out.text,
+                prompt_token_ids=prompt,
+                judgment_token_ids=out.token_ids,
+            )
+    return write_json(
+        run.step_file(step, "judgments"), {"memory_size": len(memory), "candidates": rows}
+    )
+
+
+def select(run: Run, step: int, judgments_file: Path) -> Path:
+    """The sampler turns scores into an allocation: Top-B of v_hat for METIS.
+
+    Warm-up: while step < curriculum.warmup_steps, or while the calibration memory is still shorter
+    than K, the allocation is uniform over the candidates: the judge is not calibrated yet, and
+    uniform picks give the history unbiased outcomes to calibrate on. Its judgments are still
+    scored and trained.
+    """
+    data = read_json(judgments_file)
+    candidates = data["candidates"]
+    ids = [c["prompt_id"] for c in candidates]
+    v_hat = None
+    if run.sampler.needs_judgment:
+        fallback = run.cfg.judge.parse_failure_score
+        v_hat = [fallback if c["v_hat"] is None else c["v_hat"] for c in candidates]
+    warmup = step < run.cfg.curriculum.warmup_steps or (
+        run.sampler.needs_judgment and data["memory_size"] < run.cfg.judge.k_examples
+    )
+    scores = [0.0] * len(ids) if warmup else run.sampler.score(ids, v_hat)
+    chosen = run.sampler.select(scores, run.cfg.curriculum.batch_prompts, run.rng(step, "select"))
+    return write_json(
+        run.step_file(step, "selection"), {"prompt_ids": [ids[i] for i in chosen], "warmup": warmup}
+    )
+
+
+def judgment_token_count(judgments_file: Path) -> int:
+    return sum(
+        len(c.get("judgment_token_ids", [])) for c in read_json(judgments_file)["candidates"]
+    )

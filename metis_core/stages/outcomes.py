@@ -1,0 +1,141 @@
+"""rollout, verify, record: spend the budget, score it, and write it to the outcome history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from metis_core.algorithms import group_advantages, judge_reward, realised_variance
+from metis_core.rewards import score_completions
+from metis_core.rewards.arithmetic import reward_for_task
+from metis_core.run import Run, read_json, write_json
+
+
+def rollout(run: Run, step: int, selection_file: Path) -> Path:
+    """n completions per selected prompt from the current policy, with token ids and log-probs."""
+    cfg = run.cfg.rollout
+    by_id = {r["prompt_id"]: r for r in run.rows("train")}
+    selected = [by_id[pid] for pid in read_json(selection_file)["prompt_ids"]]
+    prompts = [run.task_prompt_ids(row) for row in selected]
+    groups = run.engine.generate(
+        prompts,
+        n=cfg.n,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_tokens=cfg.max_tokens,
+        stop=cfg.stop,
+    )
+    out = [
+        {
+            "prompt_id": row["prompt_id"],
+            "prompt_token_ids": prompt,
+            "completions": [
+                {"token_ids": c.token_ids, "text": c.text, "logprobs": c.logprobs} for c in group
+            ],
+        }
+        for row, prompt, group in zip(selected, prompts, groups, strict=True)
+    ]
+    return write_json(run.step_file(step, "rollouts"), out)
+
+
+def verify(run: Run, step: int, rollouts_file: Path, judgments_file: Path) -> Path:
+    """Rewards per completion, realised variance and advantages per prompt, judgment rewards."""
+    by_id = {r["prompt_id"]: r for r in run.rows("train")}
+    groups = read_json(rollouts_file)
+    judged = {c["prompt_id"]: c for c in read_json(judgments_file)["candidates"]}
+    rewards, reasons = [], []
+    for g in groups:
+        row = by_id[g["prompt_id"]]
+        scores, why = score_completions(
+            reward_for_task(row["task"]), [c["text"] for c in g["completions"]], row
+        )
+        rewards.append(scores)
+        reasons.append(why)
+    r = torch.tensor(rewards, dtype=torch.float32)
+    variance = realised_variance(r)
+    advantages = group_advantages(r)
+    result = []
+    for i, g in enumerate(groups):
+        j = judged.get(g["prompt_id"], {})
+        v_hat = j.get("v_hat")
+        entry = {
+            "prompt_id": g["prompt_id"],
+            "rewards": rewards[i],
+            "reasons": reasons[i],
+            "advantages": advantages[i].tolist(),
+            "realised_variance": float(variance[i]),
+            "v_hat": v_hat,
+            "parsed": v_hat is not None,
+        }
+        if "judgment_token_ids" in j:
+            entry["judge_reward"] = float(
+                judge_reward(
+                    torch.tensor([v_hat or 0.0]),
+                    variance[i : i + 1],
+                    torch.tensor([v_hat is not None]),
+                )[0]
+            )
+        result.append(entry)
+    return write_json(run.step_file(step, "verified"), result)
+
+
+def record(
+    run: Run, step: int, rollouts_file: Path, verified_file: Path, judgments_file: Path
+) -> dict[str, int]:
+    """Outcome rows (one per completion) and judgment rows into DuckDB, keyed so a replay
+    replaces rather than duplicates. Also feeds the sampler its outcomes."""
+    groups = {g["prompt_id"]: g for g in read_json(rollouts_file)}
+    verified = read_json(verified_file)
+    by_id = {r["prompt_id"]: r for r in run.rows("train")}
+    run.store.add_prompts(
+        [
+            {
+                k: by_id[v["prompt_id"]][k]
+                for k in ("prompt_id", "prompt", "answer", "task", "difficulty")
+            }
+            for v in verified
+        ]
+    )
+    outcome_rows = []
+    for v in verified:
+        for s, (c, reward, reason) in enumerate(
+            zip(groups[v["prompt_id"]]["completions"], v["rewards"], v["reasons"], strict=True)
+        ):
+            outcome_rows.append(
+                {
+                    "run_id": run.run_id,
+                    "step": step,
+                    "prompt_id": v["prompt_id"],
+                    "sample": s,
+                    "reward": reward,
+                    "completion": c["text"],
+                    "completion_tokens": len(c["token_ids"]),
+                    "reason": reason,
+                }
+            )
+    selected = {v["prompt_id"]: v for v in verified}
+    judgment_rows = []
+    for c in read_json(judgments_file)["candidates"]:
+        if "text" not in c:
+            continue
+        v = selected.get(c["prompt_id"])
+        judgment_rows.append(
+            {
+                "run_id": run.run_id,
+                "step": step,
+                "prompt_id": c["prompt_id"],
+                "v_hat": c["v_hat"],
+                "parsed": c["v_hat"] is not None,
+                "text": c["text"],
+                "tokens": len(c["judgment_token_ids"]),
+                "selected": v is not None,
+                "realised_variance": v["realised_variance"] if v else None,
+                "judge_reward": v.get("judge_reward") if v else None,
+            }
+        )
+    run.sampler.update({v["prompt_id"]: v["rewards"] for v in verified})
+    return {
+        "outcomes": run.store.record_outcomes(outcome_rows),
+        "judgments": run.store.record_judgments(judgment_rows),
+    }

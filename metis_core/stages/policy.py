@@ -1,0 +1,122 @@
+"""update, sync, evaluate, checkpoint: change the policy, push it to the engine, measure, save."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+from metis_core.algorithms import pass_at_k
+from metis_core.rewards import score_completions
+from metis_core.rewards.arithmetic import reward_for_task
+from metis_core.run import Run, read_json, trains_judge, write_json
+from metis_core.trainer.policy_trainer import JudgmentBatch, RolloutBatch
+
+SYNC_PROBE = "Sync probe: 12 + 30 = 42."
+
+
+def update(
+    run: Run, step: int, rollouts_file: Path, verified_file: Path, judgments_file: Path
+) -> dict[str, float]:
+    """One policy step on L_task + lambda * L_judge (DeepSpeed)."""
+    groups = read_json(rollouts_file)
+    verified = {v["prompt_id"]: v for v in read_json(verified_file)}
+    prompts, responses, advantages = [], [], []
+    for g in groups:
+        for c, adv in zip(g["completions"], verified[g["prompt_id"]]["advantages"], strict=True):
+            prompts.append(g["prompt_token_ids"])
+            responses.append(c["token_ids"])
+            advantages.append(adv)
+    judgments = None
+    metrics: dict[str, float] = {}
+    if trains_judge(run.cfg, run.sampler):
+        candidates = {c["prompt_id"]: c for c in read_json(judgments_file)["candidates"]}
+        chosen = [candidates[g["prompt_id"]] for g in groups]
+        rewards = [verified[c["prompt_id"]]["judge_reward"] for c in chosen]
+        batch_mean = sum(rewards) / len(rewards)
+        judgments = JudgmentBatch(
+            prompt_ids=[c["prompt_token_ids"] for c in chosen],
+            judgment_ids=[c["judgment_token_ids"] for c in chosen],
+            rewards=rewards,
+            baseline=run.baseline.current(batch_mean),
+        )
+        metrics["judge/baseline"] = judgments.baseline
+        metrics["judge/reward_mean"] = batch_mean
+    metrics.update(
+        run.trainer.train_step(
+            RolloutBatch(prompts, responses, advantages), judgments, run.cfg.judge.lam
+        )
+    )
+    if judgments is not None:
+        run.baseline.update(metrics["judge/reward_mean"])
+    return metrics
+
+
+def sync(run: Run, step: int) -> dict[str, float]:
+    """New weights into the engine, then a check that they arrived: the engine's and the trainer's
+    log-probs of a fixed probe sequence must agree."""
+    run.engine.load_weights(run.trainer.named_weights())
+    probe = run.engine.tokenizer.encode(SYNC_PROBE, add_special_tokens=False)
+    engine_lp = run.engine.sequence_logprobs(probe)
+    trainer_lp = run.trainer.sequence_logprobs(probe)
+    gap = max(abs(a - b) for a, b in zip(engine_lp, trainer_lp, strict=True))
+    return {"sync/max_logprob_gap": gap}
+
+
+def evaluate(run: Run, step: int) -> dict[str, float]:
+    """Held-out accuracy: avg@k (mean reward over k samples) and pass@k, overall and per task."""
+    cfg = run.cfg.eval
+    rows = run.rows("heldout")[: cfg.max_prompts]
+    prompts = [run.task_prompt_ids(r) for r in rows]
+    k = cfg.samples
+    groups = run.engine.generate(
+        prompts,
+        n=k,
+        temperature=cfg.temperature,
+        max_tokens=run.cfg.rollout.max_tokens,
+        stop=run.cfg.rollout.stop,
+        logprobs=False,
+    )
+    per_task: dict[str, list[tuple[float, float]]] = {}
+    results = []
+    for row, group in zip(rows, groups, strict=True):
+        scores, _ = score_completions(reward_for_task(row["task"]), [c.text for c in group], row)
+        correct = sum(s >= 1.0 for s in scores)
+        per_task.setdefault(row["task"], []).append((sum(scores) / k, pass_at_k(k, correct, k)))
+        results.append(
+            {
+                "prompt_id": row["prompt_id"],
+                "task": row["task"],
+                "difficulty": row["difficulty"],
+                "scores": scores,
+            }
+        )
+    write_json(run.step_file(step, "evaluation"), results)
+    all_pairs = [p for pairs in per_task.values() for p in pairs]
+    metrics = {
+        f"eval/avg_at_{k}": _mean(a for a, _ in all_pairs),
+        f"eval/pass_at_{k}": _mean(p for _, p in all_pairs),
+    }
+    for task, pairs in per_task.items():
+        metrics[f"eval/{task}/avg_at_{k}"] = _mean(a for a, _ in pairs)
+    return metrics
+
+
+def checkpoint(run: Run, step: int, keep: int = 2) -> Path:
+    """DeepSpeed checkpoint (weights, optimiser, sampler state, judge baseline) plus an HF export
+    of the policy; older checkpoints beyond `keep` are removed."""
+    tag = f"step-{step:06d}"
+    run.trainer.save_checkpoint(run.checkpoint_dir, tag, run.client_state(step))
+    export = run.checkpoint_dir / tag / "hf"
+    run.trainer.export_hf(export)
+    run.engine.tokenizer.save_pretrained(str(export))
+    write_json(run.checkpoint_dir / "latest.json", {"tag": tag, "step": step})
+    tags = sorted(p.name for p in run.checkpoint_dir.glob("step-*"))
+    for old in tags[:-keep]:
+        shutil.rmtree(run.checkpoint_dir / old, ignore_errors=True)
+    return run.checkpoint_dir / tag
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else math.nan

@@ -1,0 +1,78 @@
+"""What an iteration reports: METIS.md section 8 metrics and a sample table for MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from metis_core.metrics import judge_quality
+from metis_core.run import Run, read_json
+
+
+def iteration_metrics(
+    run: Run, step: int, rollouts_file: Path, verified_file: Path, judgments_file: Path
+) -> dict[str, float]:
+    verified = read_json(verified_file)
+    groups = read_json(rollouts_file)
+    candidates = read_json(judgments_file)["candidates"]
+    rewards = [r for v in verified for r in v["rewards"]]
+    completion_tokens = sum(len(c["token_ids"]) for g in groups for c in g["completions"])
+    judgment_tokens = sum(len(c.get("judgment_token_ids", [])) for c in candidates)
+    totals = run.totals
+    totals["rollouts"] = totals.get("rollouts", 0) + len(rewards)
+    totals["generated_tokens"] = totals.get("generated_tokens", 0) + completion_tokens
+    totals["judgment_tokens"] = totals.get("judgment_tokens", 0) + judgment_tokens
+    metrics: dict[str, float] = {
+        "train/reward_mean": sum(rewards) / len(rewards),
+        "train/zero_variance_fraction": sum(v["realised_variance"] == 0 for v in verified)
+        / len(verified),
+        "train/realised_variance_mean": sum(v["realised_variance"] for v in verified)
+        / len(verified),
+        "cost/rollouts": totals["rollouts"],
+        "cost/generated_tokens": totals["generated_tokens"],
+        "cost/judgment_tokens": totals["judgment_tokens"],
+    }
+    if any("text" in c for c in candidates):
+        judged = [v for v in verified if "judge_reward" in v]
+        metrics.update(
+            judge_quality(
+                [v["v_hat"] or 0.0 for v in judged],
+                [v["realised_variance"] for v in judged],
+                [v["parsed"] for v in judged],
+            )
+        )
+        # the parse-failure rate over every candidate judged, not only the selected ones
+        metrics["judge/parse_failure_rate"] = sum(c["v_hat"] is None for c in candidates) / len(
+            candidates
+        )
+    by_task: dict[str, list[float]] = {}
+    tasks = {r["prompt_id"]: r["task"] for r in run.rows("train")}
+    for v in verified:
+        by_task.setdefault(tasks[v["prompt_id"]], []).extend(v["rewards"])
+    for task, rs in by_task.items():
+        metrics[f"train/{task}/reward_mean"] = sum(rs) / len(rs)
+    return metrics
+
+
+def sample_table(
+    run: Run, rollouts_file: Path, verified_file: Path, limit: int = 8
+) -> list[dict[str, Any]]:
+    """A few selected prompts with their judgment, realised variance and first completion."""
+    prompts = {r["prompt_id"]: r for r in run.rows("train")}
+    groups = {g["prompt_id"]: g for g in read_json(rollouts_file)}
+    rows = []
+    for v in read_json(verified_file)[:limit]:
+        p = prompts[v["prompt_id"]]
+        first = groups[v["prompt_id"]]["completions"][0]
+        rows.append(
+            {
+                "prompt": p["prompt"],
+                "answer": p["answer"],
+                "task": p["task"],
+                "v_hat": v["v_hat"],
+                "realised_variance": v["realised_variance"],
+                "completion": first["text"],
+                "reward": v["rewards"][0],
+            }
+        )
+    return rows

@@ -1,0 +1,154 @@
+"""The outcome history: a DuckDB file that feeds the calibration memory and the samplers.
+
+Schema (every write is keyed, so replaying a step after a crash replaces rows, never duplicates):
+
+    prompts   (prompt_id PK, prompt, answer, task, difficulty)
+    outcomes  (run_id, step, prompt_id, sample) PK; reward, completion, completion_tokens, reason
+              - one row per completion
+    judgments (run_id, step, prompt_id) PK; v_hat, parsed, text, tokens, selected,
+              realised_variance (NULL unless selected), judge_reward (NULL unless selected)
+              - one row per candidate the judge scored
+    steps     (run_id, step) PK; metrics (JSON), recorded_at
+
+Only one process may hold a DuckDB file open, so each call opens, works and closes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS prompts (
+    prompt_id VARCHAR PRIMARY KEY, prompt VARCHAR, answer VARCHAR, task VARCHAR, difficulty VARCHAR);
+CREATE TABLE IF NOT EXISTS outcomes (
+    run_id VARCHAR, step INTEGER, prompt_id VARCHAR, sample INTEGER,
+    reward DOUBLE, completion VARCHAR, completion_tokens INTEGER, reason VARCHAR,
+    PRIMARY KEY (run_id, step, prompt_id, sample));
+CREATE TABLE IF NOT EXISTS judgments (
+    run_id VARCHAR, step INTEGER, prompt_id VARCHAR,
+    v_hat DOUBLE, parsed BOOLEAN, text VARCHAR, tokens INTEGER, selected BOOLEAN,
+    realised_variance DOUBLE, judge_reward DOUBLE,
+    PRIMARY KEY (run_id, step, prompt_id));
+CREATE TABLE IF NOT EXISTS steps (
+    run_id VARCHAR, step INTEGER, metrics VARCHAR, recorded_at TIMESTAMP DEFAULT current_timestamp,
+    PRIMARY KEY (run_id, step));
+"""
+
+_COLUMNS = {
+    "prompts": ["prompt_id", "prompt", "answer", "task", "difficulty"],
+    "outcomes": [
+        "run_id",
+        "step",
+        "prompt_id",
+        "sample",
+        "reward",
+        "completion",
+        "completion_tokens",
+        "reason",
+    ],
+    "judgments": [
+        "run_id",
+        "step",
+        "prompt_id",
+        "v_hat",
+        "parsed",
+        "text",
+        "tokens",
+        "selected",
+        "realised_variance",
+        "judge_reward",
+    ],
+}
+
+
+class OutcomeStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        con = duckdb.connect(str(self.path))
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def _upsert(self, table: str, rows: Sequence[dict[str, Any]]) -> int:
+        if not rows:
+            return 0
+        cols = _COLUMNS[table]
+        frame = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
+        with self._connect() as con:
+            con.begin()
+            con.register("incoming", frame)
+            con.execute(
+                f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM incoming"
+            )
+            con.commit()
+        return len(frame)
+
+    def add_prompts(self, rows: Sequence[dict[str, Any]]) -> int:
+        return self._upsert("prompts", rows)
+
+    def record_outcomes(self, rows: Sequence[dict[str, Any]]) -> int:
+        return self._upsert("outcomes", rows)
+
+    def record_judgments(self, rows: Sequence[dict[str, Any]]) -> int:
+        return self._upsert("judgments", rows)
+
+    def record_step(self, run_id: str, step: int, metrics: dict[str, Any]) -> None:
+        with self._connect() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO steps (run_id, step, metrics) VALUES (?, ?, ?)",
+                [run_id, step, json.dumps(metrics, default=float)],
+            )
+
+    def recent_variances(
+        self, run_id: str, before_step: int, limit: int
+    ) -> list[tuple[str, float]]:
+        """(prompt text, realised variance) of the most recent trained prompts, newest first."""
+        with self._connect() as con:
+            return con.execute(
+                """
+                SELECT p.prompt, var_pop(o.reward) AS v, o.step
+                FROM outcomes o JOIN prompts p USING (prompt_id)
+                WHERE o.run_id = ? AND o.step < ?
+                GROUP BY o.step, o.prompt_id, p.prompt
+                ORDER BY o.step DESC, o.prompt_id
+                LIMIT ?
+                """,
+                [run_id, before_step, limit],
+            ).fetchall()
+
+    def prompt_stats(self, run_id: str, last_n: int = 10) -> pd.DataFrame:
+        """Per prompt: mean and variance of its last `last_n` rewards, rows and steps seen."""
+        with self._connect() as con:
+            return con.execute(
+                """
+                SELECT prompt_id, avg(reward) AS mean_reward, var_pop(reward) AS reward_variance,
+                       count(*) AS rows, count(DISTINCT step) AS steps
+                FROM (SELECT *, row_number() OVER (PARTITION BY prompt_id ORDER BY step DESC, sample) AS rn
+                      FROM outcomes WHERE run_id = ?)
+                WHERE rn <= ? GROUP BY prompt_id
+                """,
+                [run_id, last_n],
+            ).df()
+
+    def count(self, table: str, run_id: str, step: int | None = None) -> int:
+        if table not in ("outcomes", "judgments", "steps"):
+            raise ValueError(f"unknown table {table!r}")
+        sql = f"SELECT count(*) FROM {table} WHERE run_id = ?" + (
+            " AND step = ?" if step is not None else ""
+        )
+        with self._connect() as con:
+            return con.execute(sql, [run_id] + ([step] if step is not None else [])).fetchone()[0]

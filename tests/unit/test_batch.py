@@ -1,0 +1,41 @@
+import torch
+
+from metis_core.algorithms import agg_loss
+from metis_core.batch import micro_batch_weight, micro_batches, pack_sequences, token_logprobs
+
+
+def test_pack_sequences_marks_response_labels():
+    b = pack_sequences([[1, 2], [3]], [[7, 8, 9], [4]], pad_id=0)
+    assert b.input_ids.tolist() == [[1, 2, 7, 8, 9], [3, 4, 0, 0, 0]]
+    assert b.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    # labels are input_ids[:, 1:]; response tokens 7,8,9 sit at label positions 1..3
+    assert b.response_mask.tolist() == [[0, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_token_logprobs_gathers_next_tokens():
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 0, 2] = 10.0
+    lp = token_logprobs(logits, torch.tensor([[0, 2, 1]]))
+    assert lp.shape == (1, 2)
+    assert lp[0, 0] > -0.01  # token 2 was nearly certain
+    assert torch.isclose(lp[0, 1], torch.log(torch.tensor(0.25)))
+
+
+def test_weighted_micro_batches_reproduce_whole_batch_aggregation():
+    torch.manual_seed(0)
+    loss = torch.rand(7, 5)
+    mask = (torch.rand(7, 5) > 0.3).float()
+    mask[:, 0] = 1
+    for mode in (
+        "token-mean",
+        "seq-mean-token-sum",
+        "seq-mean-token-mean",
+        "seq-mean-token-sum-norm",
+    ):
+        whole = agg_loss(loss, mask, mode, max_tokens=5)
+        parts = sum(
+            agg_loss(loss[s], mask[s], mode, max_tokens=5)
+            * micro_batch_weight(mask[s], float(mask.sum()), 7, mode)
+            for s in micro_batches(7, 3)
+        )
+        assert torch.isclose(whole, parts), mode

@@ -1,0 +1,54 @@
+import pytest
+
+from metis_core.config import ConfigError, RunConfig, load_config
+
+
+def test_defaults_validate():
+    cfg = load_config()
+    assert cfg.judge.k_examples == 3 and cfg.judge.lam == 0.01
+    assert isinstance(cfg, RunConfig)
+
+
+def test_shipped_default_yaml_loads():
+    cfg = load_config("configs/default.yaml")
+    assert cfg.curriculum.sampler == "metis"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("curriculum.batch_prompts=100000", "larger than the training pool"),
+        ("judge.lam=-1", "judge.lam"),
+        ("judge.k_examples=-1", "judge.k_examples"),
+        ("judge.lamda=0.1", "unknown key"),
+        ("nonsense=1", "unknown key"),
+        ("curriculum.pool_multiplier=1000", "exceeds"),
+        ("trainer.zero_stage=5", "trainer.zero_stage"),
+    ],
+)
+def test_bad_values_fail_with_a_clear_message(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config(
+        overrides=["rollout.n=4", "rollout.stop=['x','y']", "judge.constrained=false"]
+    )
+    assert cfg.rollout.n == 4 and cfg.rollout.stop == ["x", "y"] and cfg.judge.constrained is False
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(overrides=["rollout.n"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_flat_params_cover_every_section():
+    params = load_config().flat_params()
+    assert params["judge.lam"] == "0.01" and params["curriculum.sampler"] == "metis"

@@ -1,0 +1,78 @@
+import re
+
+import pytest
+
+from metis_core.judgment import (
+    JUDGMENT_REGEX,
+    CalibrationExample,
+    calibration_memory,
+    judgment_messages,
+    parse_judgment,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("\\boxed{0.19}", 0.19),
+        ("I think \\boxed{ 0.05 } maybe", 0.05),
+        ("\\boxed{0.1} then \\boxed{0.2}", 0.2),  # the last box is the answer
+        ("\\boxed{4.9}", 0.25),  # clamped
+        ("\\boxed{-1}", 0.0),
+        ("\\boxed{.125}", 0.125),
+        ("\\boxed{1e-2}", 0.01),
+    ],
+)
+def test_parse_judgment_values(text, expected):
+    assert parse_judgment(text).v_hat == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "0.2",
+        "\\boxed{}",
+        "\\boxed{abc}",
+        "boxed{0.1}",
+        "\\boxed{nan}",
+        "The answer is 17",
+        None,
+    ],
+)
+def test_parse_judgment_garbage_is_a_failure(text):
+    parsed = parse_judgment(text)
+    assert not parsed.parsed and parsed.v_hat is None
+
+
+def test_constrained_regex_only_admits_parsable_judgments():
+    for sample in ["\\boxed{0.00}", "\\boxed{0.25}", "\\boxed{0.29}"]:
+        assert re.fullmatch(JUDGMENT_REGEX, sample)
+        assert parse_judgment(sample).parsed
+    assert not re.fullmatch(JUDGMENT_REGEX, "\\boxed{4.9}")
+
+
+def test_calibration_memory_spreads_over_variance():
+    recent = [
+        CalibrationExample(f"p{i}", v)
+        for i, v in enumerate([0.0, 0.0, 0.0, 0.0, 0.1875, 0.25, 0.0])
+    ]
+    memory = calibration_memory(recent, 3)
+    assert [m.variance for m in memory] == [0.0, 0.0, 0.25] or sorted(m.variance for m in memory)[
+        -1
+    ] == 0.25
+    assert min(m.variance for m in memory) == 0.0 and max(m.variance for m in memory) == 0.25
+    assert calibration_memory(recent, 0) == []
+    assert calibration_memory(recent[:2], 3) == recent[:2]
+    assert calibration_memory([], 3) == []
+
+
+def test_judgment_prompt_holds_examples_then_candidate_and_truncates():
+    memory = [CalibrationExample("one two three four", 0.1875)]
+    msgs = judgment_messages(
+        "the candidate problem", memory, lambda s, n: " ".join(s.split()[:n]), 2, 10
+    )
+    text = msgs[0]["content"]
+    assert "Problem: one two\nSpread: \\boxed{0.19}" in text
+    assert text.endswith("Problem: the candidate problem\nSpread:")
+    assert "three" not in text
