@@ -136,7 +136,9 @@ class TrainerConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     zero_stage: Literal[0, 1, 2, 3] = 0
     """DeepSpeed ZeRO stage."""
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "autocast-bf16"] = "autocast-bf16"
+    """fp32; bf16 (DeepSpeed bf16 weights, fp32 master copy); autocast-bf16 (fp32 weights, bf16
+    matmuls: about 1.5x faster than fp32 on a 2-core AMX CPU)."""
     micro_batch_size: int = Field(16, gt=0)
     """Sequences per forward/backward pass; gradients accumulate to one optimiser step."""
     ppo_epochs: int = Field(1, ge=1)

@@ -53,14 +53,17 @@ def update(
 
 
 def sync(run: Run, step: int) -> dict[str, float]:
-    """New weights into the engine, then a check that they arrived: the engine's and the trainer's
-    log-probs of a fixed probe sequence must agree."""
-    run.engine.load_weights(run.trainer.named_weights())
+    """New weights into the engine, then a check that they arrived: on a fixed probe sequence the
+    engine's log-probs must now match the trainer's (gap) and differ from its own before (change)."""
     probe = run.engine.tokenizer.encode(SYNC_PROBE, add_special_tokens=False)
-    engine_lp = run.engine.sequence_logprobs(probe)
+    before = run.engine.sequence_logprobs(probe)
+    run.engine.load_weights(run.trainer.named_weights())
+    after = run.engine.sequence_logprobs(probe)
     trainer_lp = run.trainer.sequence_logprobs(probe)
-    gap = max(abs(a - b) for a, b in zip(engine_lp, trainer_lp, strict=True))
-    return {"sync/max_logprob_gap": gap}
+    return {
+        "sync/max_logprob_gap": max(abs(a - b) for a, b in zip(after, trainer_lp, strict=True)),
+        "sync/max_logprob_change": max(abs(a - b) for a, b in zip(after, before, strict=True)),
+    }
 
 
 def evaluate(run: Run, step: int) -> dict[str, float]:

@@ -26,7 +26,6 @@ from metis_core.batch import (
     micro_batch_weight,
     micro_batches,
     pack_sequences,
-    token_logprobs,
 )
 from metis_core.config import TrainerConfig
 
@@ -81,6 +80,8 @@ def deepspeed_config(cfg: TrainerConfig, grad_accum: int) -> dict[str, Any]:
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
         "zero_allow_untested_optimizer": True,
+        # "bf16": DeepSpeed keeps bf16 weights with fp32 master copies; "autocast-bf16": fp32 weights,
+        # bf16 matmuls under torch.autocast (fast on CPUs with AMX), handled in PolicyTrainer.
         "bf16": {"enabled": cfg.precision == "bf16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
@@ -126,22 +127,43 @@ class PolicyTrainer:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg, self.grad_accum)
         )
-        self.device = self.engine.device
+        self.device = torch.device(self.engine.device)
+        self.autocast = cfg.precision == "autocast-bf16"
 
     # ---- forward passes -------------------------------------------------------------------------
-    def _logprobs(self, model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
-        out = model(
-            input_ids=batch.input_ids.to(self.device),
-            attention_mask=batch.attention_mask.to(self.device),
+    def _logprobs(
+        self, batch: PackedBatch, model: torch.nn.Module | None = None, autocast: bool | None = None
+    ) -> torch.Tensor:
+        """Log-probs [N, L-1] of the trained (response) tokens; 0 elsewhere.
+
+        The LM head (49k-vocab for SmolLM2) and its log-softmax run only where response_mask is
+        set: prompt positions need hidden states, not logits. On rollouts that is about a third of
+        the positions, on judgments (long prompt, a few tokens) a few percent.
+        """
+        model = self.engine.module if model is None else model
+        autocast = self.autocast if autocast is None else autocast
+        input_ids = batch.input_ids.to(self.device)
+        mask = batch.response_mask.to(self.device).bool()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+            hidden = model.get_decoder()(
+                input_ids=input_ids, attention_mask=batch.attention_mask.to(self.device)
+            ).last_hidden_state
+            logits = model.get_output_embeddings()(hidden[:, :-1][mask])
+        picked = (
+            torch.log_softmax(logits.float(), dim=-1)
+            .gather(-1, input_ids[:, 1:][mask].unsqueeze(-1))
+            .squeeze(-1)
         )
-        return token_logprobs(out.logits, batch.input_ids.to(self.device))
+        out = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
+        return out.masked_scatter(mask, picked)
 
     @torch.no_grad()
     def sequence_logprobs(self, token_ids: list[int]) -> list[float]:
         """The trainer's log-prob of each token after the first (compare with the engine's)."""
         self.engine.eval()
         batch = pack_sequences([token_ids[:1]], [token_ids[1:]], self.pad_id)
-        return self._logprobs(self.engine.module, batch)[0].tolist()
+        # full precision, so the sync check measures the engine, not autocast rounding
+        return self._logprobs(batch, autocast=False)[0].tolist()
 
     # ---- the update -----------------------------------------------------------------------------
     def train_step(
@@ -169,7 +191,7 @@ class PolicyTrainer:
                     packed.input_ids[s], packed.attention_mask[s], packed.response_mask[s]
                 )
                 mask = mb.response_mask.to(self.device)
-                logprobs = self._logprobs(self.engine, mb)
+                logprobs = self._logprobs(mb)
                 old = logprobs.detach() if old_logprobs is None else old_logprobs[s].to(self.device)
                 token_loss, clipped = policy_token_loss(
                     logprobs, old, advantages[s].to(self.device), cfg.clip_eps
@@ -180,7 +202,7 @@ class PolicyTrainer:
                 sums["clip_frac"] += float((clipped.float() * mask).sum()) / max(total_tokens, 1.0)
                 if self.reference is not None:
                     with torch.no_grad():
-                        ref = self._logprobs(self.reference, mb)
+                        ref = self._logprobs(mb, model=self.reference)
                     kl = (
                         agg_loss(kl_k3(logprobs, ref), mask, cfg.loss_agg, self.max_response_tokens)
                         * weight
@@ -198,7 +220,9 @@ class PolicyTrainer:
                     "every batch must hold B*n rollouts and B judgments"
                 )
             metrics = dict(sums)
-        metrics["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        grad_norm = self.engine.get_global_grad_norm()  # None where DeepSpeed did not compute it
+        if grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
         metrics["response_tokens"] = total_tokens
         return metrics
 
@@ -212,7 +236,7 @@ class PolicyTrainer:
         calls = 0
         for s in micro_batches(n, self.cfg.micro_batch_size):
             mb = PackedBatch(packed.input_ids[s], packed.attention_mask[s], packed.response_mask[s])
-            logprobs = self._logprobs(self.engine, mb)
+            logprobs = self._logprobs(mb)
             seq_logprob = (logprobs * mb.response_mask.to(self.device)).sum(dim=-1)
             loss = judge_loss(seq_logprob, rewards[s].to(self.device), judgments.baseline) * (
                 (s.stop - s.start) / n
@@ -228,8 +252,7 @@ class PolicyTrainer:
         self.engine.eval()
         parts = [
             self._logprobs(
-                self.engine.module,
-                PackedBatch(packed.input_ids[s], packed.attention_mask[s], packed.response_mask[s]),
+                PackedBatch(packed.input_ids[s], packed.attention_mask[s], packed.response_mask[s])
             ).cpu()
             for s in slices
         ]

@@ -1,0 +1,26 @@
+# The README's commands. `make run` and `make test` set everything up from nothing first.
+.PHONY: setup run test test-all test-unit lint bench clean
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+setup:
+	@infra/setup.sh
+
+run: setup
+	$(VENV)/bin/metis train --config configs/default.yaml
+
+test: setup
+	@bash infra/run_tests.sh
+
+test-unit: setup
+	$(PY) -m pytest tests/unit -q
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(PY) bench/iteration_breakdown.py --config configs/default.yaml
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache
