@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
             metavar="KEY=VALUE",
             help="override one field, e.g. --set judge.lam=0.01 (repeatable)",
         )
+        if name == "config":
+            s.add_argument(
+                "--reference",
+                action="store_true",
+                help="print the markdown reference of every field (docs/configs.md)",
+            )
         if name == "train":
             s.add_argument(
                 "--resume",
@@ -84,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metis: {err}", file=sys.stderr)
         return 2
     if args.command == "config":
-        print(cfg.to_json())
+        from metis_core.config import config_reference
+
+        print(config_reference() if args.reference else cfg.to_json())
         return 0
     _prefect_environment(cfg.output_dir)
     from flows.train import train

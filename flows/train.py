@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 from prefect import flow, task
@@ -69,12 +70,15 @@ def train(
         bar = tqdm(range(run.start_step, cfg.steps), desc=run.run_id, unit="it", dynamic_ncols=True)
         for step in bar:
             run.stage_seconds = {}
+            started = time.perf_counter()
             metrics = metis_iteration(
                 run.run_id,
                 step,
                 _due(step, cfg.eval.every, last),
                 _due(step, cfg.checkpoint_every, last),
             )
+            # wall-clock of the whole iteration, Prefect's own overhead included (bench/ reads it)
+            run.tracker.log_metrics({"time/iteration_s": time.perf_counter() - started}, step)
             bar.set_postfix_str(progress_line(metrics, cfg.eval.samples, short=True))
             tqdm.write(f"step {step:4d} | {progress_line(metrics, cfg.eval.samples)}")
         status = "FINISHED"

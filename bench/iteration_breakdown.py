@@ -1,0 +1,96 @@
+"""Per-stage time breakdown of METIS iterations on a config (default: the CPU default).
+
+Runs `metis train` for a few iterations (no evaluation, one checkpoint at the end), then reads the
+per-stage times every iteration logged to MLflow and prints a table: mean seconds per stage, its
+share of the iteration, the judgment's share, and the share spent outside the model (history,
+select, verify, record, logging, and Prefect's own overhead between tasks).
+
+    .venv/bin/python bench/iteration_breakdown.py --config configs/default.yaml --steps 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MODEL_STAGES = ("judge", "rollout", "update", "sync", "evaluate", "checkpoint")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default="configs/default.yaml")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=5,
+        help="iterations to run; the first is reported apart as warm-up",
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--output-dir", default="runs/bench")
+    args = parser.parse_args()
+
+    from flows.cli import main as metis
+
+    overrides = [
+        f"steps={args.steps}",
+        "eval.every=0",
+        "checkpoint_every=0",
+        f"output_dir={args.output_dir}",
+        "name=bench",
+        *args.overrides,
+    ]
+    started = time.time()
+    metis(["train", "--config", args.config, *[x for o in overrides for x in ("--set", o)]])
+    total = time.time() - started
+
+    run_dir = max(
+        (p for p in Path(args.output_dir).iterdir() if (p / "run.json").is_file()),
+        key=lambda p: p.stat().st_mtime,
+    )
+    info = json.loads((run_dir / "run.json").read_text())
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(info["tracking_uri"])
+    metrics = client.get_run(info["mlflow_run_id"]).data.metrics
+    keys = sorted(k for k in metrics if k.startswith("time/") and k.endswith("_s"))
+    per_step: dict[str, dict[int, float]] = {
+        k: {m.step: m.value for m in client.get_metric_history(info["mlflow_run_id"], k)}
+        for k in keys
+    }
+    steps = sorted(per_step["time/iteration_s"])
+    measured = [s for s in steps if s > 0] or steps  # step 0 pays vLLM/DeepSpeed warm-up
+    mean = {k[5:-2]: statistics.mean(per_step[k].get(s, 0.0) for s in measured) for k in keys}
+    iteration = mean.pop("iteration")
+    inside = sum(v for k, v in mean.items() if k in MODEL_STAGES)
+    print(
+        f"\nrun {run_dir}  ({len(measured)} measured iterations after warm-up; whole command {total:.0f} s)"
+    )
+    print(
+        f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}"
+    )
+    print("\n| stage | mean s | share of iteration |\n| --- | --- | --- |")
+    for stage, seconds in sorted(mean.items(), key=lambda kv: -kv[1]):
+        print(f"| {stage} | {seconds:.2f} | {seconds / iteration:.1%} |")
+    print(
+        f"| prefect overhead (iteration minus stages) | {iteration - sum(mean.values()):.2f} | {(iteration - sum(mean.values())) / iteration:.1%} |"
+    )
+    print(f"| **iteration** | **{iteration:.2f}** | 100% |")
+    print(f"\njudgment share of iteration: {mean.get('judge', 0.0) / iteration:.1%}")
+    print(
+        f"outside the model (orchestration, DuckDB, MLflow, scoring): {(iteration - inside) / iteration:.1%}"
+    )
+    if 0 in per_step["time/iteration_s"]:
+        print(f"warm-up iteration (step 0): {per_step['time/iteration_s'][0]:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

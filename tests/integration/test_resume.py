@@ -1,0 +1,80 @@
+"""A run killed with SIGKILL mid-training resumes from its latest checkpoint and finishes, with
+no duplicated outcome rows and its metrics in the same MLflow run."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import duckdb
+import pytest
+
+from tests.conftest import REPO, metis_command, metis_env
+from tests.integration.test_train_flow import B, N, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+STEPS = 4
+
+
+def test_resume_after_kill(tiny_model, tmp_path):
+    out = tmp_path / "runs"
+    overrides = tiny_overrides(tiny_model, out, steps=STEPS, extra=["eval.every=0"])
+    args = ["train"] + [a for o in overrides for a in ("--set", o)]
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(
+        metis_command(*args),
+        cwd=REPO,
+        env=metis_env(tmp_path),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.time() + 600
+    latest = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list(out.glob("*/checkpoints/latest.json"))
+        if found and json.loads(found[0].read_text())["step"] >= 1:
+            latest = found[0]
+            break
+        time.sleep(0.5)
+    assert latest is not None, (tmp_path / "first.log").read_text()[-3000:]
+    os.killpg(
+        proc.pid, signal.SIGKILL
+    )  # the flow and its temporary Prefect server, like a preemption
+    proc.wait(timeout=60)
+    run_dir = latest.parents[1]
+    killed_at = json.loads(latest.read_text())["step"]
+    assert killed_at < STEPS - 1, "the run finished before it could be killed"
+
+    resumed = subprocess.run(
+        metis_command("train", "--resume", str(run_dir)),
+        cwd=REPO,
+        env=metis_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+
+    con = duckdb.connect(str(run_dir / "history.duckdb"), read_only=True)
+    try:
+        per_step = dict(con.execute("SELECT step, count(*) FROM outcomes GROUP BY step").fetchall())
+        steps = [r[0] for r in con.execute("SELECT step FROM steps ORDER BY step").fetchall()]
+    finally:
+        con.close()
+    assert per_step == {s: B * N for s in range(STEPS)}  # replayed steps replaced, not duplicated
+    assert steps == list(range(STEPS))
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == STEPS - 1
+
+    from mlflow.tracking import MlflowClient
+
+    info = json.loads((run_dir / "run.json").read_text())
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    history = client.get_metric_history(info["mlflow_run_id"], "train/reward_mean")
+    assert sorted({m.step for m in history}) == list(range(STEPS))
+    assert client.get_run(info["mlflow_run_id"]).info.status == "FINISHED"
+    totals = client.get_metric_history(info["mlflow_run_id"], "cost/rollouts")
+    # cumulative counters come back from the checkpoint: the last value counts each step once
+    assert max(totals, key=lambda m: (m.step, m.timestamp)).value == STEPS * B * N
