@@ -19,16 +19,19 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip="$VENV/bin/python -m pip"
-$pip install -q --upgrade pip wheel setuptools
+# Some machines' pip config lists local indexes that lack most packages; pip warns once per
+# package. Drop that noise, keep everything else and pip's exit status.
+quiet() { "$@" 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }; return "${PIPESTATUS[0]}"; }
+quiet $pip install -q --upgrade pip wheel setuptools
 echo "metis: installing the $STACK stack into $VENV (a few minutes the first time)"
 if [ "$STACK" = cpu ]; then
   # The local CPU wheel; a plain `torch` would pull several GB of CUDA packages.
-  $pip install -q torch==2.13.0
+  quiet $pip install -q torch==2.13.0
 fi
-$pip install -q -c "infra/constraints-$STACK.txt" -r "infra/requirements-$STACK.txt" -r infra/requirements-dev.txt
+quiet $pip install -q -c "infra/constraints-$STACK.txt" -r "infra/requirements-$STACK.txt" -r infra/requirements-dev.txt
 # PyPI torchvision/torchaudio are CUDA-linked and break `import vllm` on CPU.
 [ "$STACK" = cpu ] && $pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-$pip install -q --no-deps -r infra/requirements-nodeps.txt
-$pip install -q --no-deps -e .
+quiet $pip install -q --no-deps -r infra/requirements-nodeps.txt
+quiet $pip install -q --no-deps -e .
 echo "$want" > "$VENV/.metis-stamp"
 echo "metis: environment ready at $VENV"

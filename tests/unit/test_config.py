@@ -86,3 +86,12 @@ def test_every_field_has_a_docstring():
         if not f.description
     ]
     assert not missing
+
+
+def test_every_shipped_config_validates():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml"))
+    assert len(configs) >= 5
+    for path in configs:
+        load_config(path)

@@ -1,0 +1,84 @@
+"""The outcome history on a real DuckDB file."""
+
+import pytest
+
+from metis_core.store.outcomes import OutcomeStore
+
+
+def outcome_rows(run, step, prompt, rewards):
+    return [
+        {
+            "run_id": run,
+            "step": step,
+            "prompt_id": prompt,
+            "sample": i,
+            "reward": r,
+            "completion": str(r),
+            "completion_tokens": 1,
+            "reason": None,
+        }
+        for i, r in enumerate(rewards)
+    ]
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = OutcomeStore(tmp_path / "history.duckdb")
+    s.add_prompts(
+        [
+            {"prompt_id": p, "prompt": f"text {p}", "answer": "1", "task": "t", "difficulty": "d"}
+            for p in ("a", "b", "c")
+        ]
+    )
+    return s
+
+
+def test_replayed_writes_replace_instead_of_duplicating(store):
+    store.record_outcomes(outcome_rows("r", 0, "a", [1, 0, 1, 0]))
+    store.record_outcomes(outcome_rows("r", 0, "a", [1, 1, 1, 1]))  # a replay of step 0
+    assert store.count("outcomes", "r") == 4
+    stats = store.prompt_stats("r")
+    assert stats.loc[0, "mean_reward"] == 1.0
+    store.record_judgments(
+        [
+            {
+                "run_id": "r",
+                "step": 0,
+                "prompt_id": "a",
+                "v_hat": 0.1,
+                "parsed": True,
+                "text": "x",
+                "tokens": 3,
+                "selected": True,
+            }
+        ]
+        * 2
+    )
+    assert store.count("judgments", "r", step=0) == 1
+
+
+def test_recent_variances_newest_first_per_run(store):
+    store.record_outcomes(outcome_rows("r", 0, "a", [1, 0]))  # v = 0.25
+    store.record_outcomes(outcome_rows("r", 1, "b", [1, 1]))  # v = 0
+    store.record_outcomes(outcome_rows("r", 2, "c", [0, 0]))  # v = 0, but at the step asked for
+    store.record_outcomes(outcome_rows("other", 1, "c", [1, 0]))
+    recent = store.recent_variances("r", before_step=2, limit=10)
+    assert [(p, v) for p, v, _ in recent] == [("text b", 0.0), ("text a", 0.25)]
+    assert len(store.recent_variances("r", before_step=3, limit=1)) == 1
+
+
+def test_prompt_stats_use_the_last_n_rewards(store):
+    store.record_outcomes(outcome_rows("r", 0, "a", [0, 0]))
+    store.record_outcomes(outcome_rows("r", 1, "a", [1, 1]))
+    stats = store.prompt_stats("r", last_n=2).set_index("prompt_id")
+    assert stats.loc["a", "mean_reward"] == 1.0 and stats.loc["a", "steps"] == 1
+    stats = store.prompt_stats("r", last_n=4).set_index("prompt_id")
+    assert stats.loc["a", "mean_reward"] == 0.5 and stats.loc["a", "reward_variance"] == 0.25
+
+
+def test_steps_table_and_unknown_table(store):
+    store.record_step("r", 0, {"train/reward_mean": 0.5})
+    store.record_step("r", 0, {"train/reward_mean": 0.6})
+    assert store.count("steps", "r") == 1
+    with pytest.raises(ValueError):
+        store.count("prompts; DROP TABLE outcomes", "r")
