@@ -1,5 +1,5 @@
 # The README's commands. `make run` and `make test` set everything up from nothing first.
-.PHONY: setup run test test-all test-unit lint bench clean
+.PHONY: setup run test test-fast test-unit lint bench clean
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,6 +12,9 @@ run: setup
 
 test: setup
 	@bash infra/run_tests.sh
+
+test-fast: setup
+	@METIS_TEST_MARKERS="not slow" bash infra/run_tests.sh
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q

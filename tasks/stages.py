@@ -120,9 +120,7 @@ def log_iteration(
     """Assemble the iteration's metrics, write them to DuckDB's steps table and MLflow."""
     run = live_run(run_id)
     with run.timed("log"):
-        metrics = report.iteration_metrics(
-            run, step, Path(rollouts), Path(verified), Path(judgments)
-        )
+        metrics = report.iteration_metrics(run, Path(verified), Path(judgments))
         metrics.update(extra)
         metrics.update({f"time/{k}_s": v for k, v in run.stage_seconds.items()})
         run.store.record_step(run_id, step, metrics)

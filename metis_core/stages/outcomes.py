@@ -135,6 +135,16 @@ def record(
             }
         )
     run.sampler.update({v["prompt_id"]: v["rewards"] for v in verified})
+    # What this step spent, counted where it is recorded: a checkpoint taken later in the
+    # iteration carries it, so a resumed run neither loses nor double-counts a step.
+    totals = run.totals
+    totals["rollouts"] = totals.get("rollouts", 0) + len(outcome_rows)
+    totals["generated_tokens"] = totals.get("generated_tokens", 0) + sum(
+        r["completion_tokens"] for r in outcome_rows
+    )
+    totals["judgment_tokens"] = totals.get("judgment_tokens", 0) + sum(
+        r["tokens"] for r in judgment_rows
+    )
     return {
         "outcomes": run.store.record_outcomes(outcome_rows),
         "judgments": run.store.record_judgments(judgment_rows),

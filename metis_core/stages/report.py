@@ -9,19 +9,12 @@ from metis_core.metrics import judge_quality
 from metis_core.run import Run, read_json
 
 
-def iteration_metrics(
-    run: Run, step: int, rollouts_file: Path, verified_file: Path, judgments_file: Path
-) -> dict[str, float]:
+def iteration_metrics(run: Run, verified_file: Path, judgments_file: Path) -> dict[str, float]:
+    """Rewards, wasted (zero-variance) groups, cumulative spend and judge quality of one step."""
     verified = read_json(verified_file)
-    groups = read_json(rollouts_file)
     candidates = read_json(judgments_file)["candidates"]
     rewards = [r for v in verified for r in v["rewards"]]
-    completion_tokens = sum(len(c["token_ids"]) for g in groups for c in g["completions"])
-    judgment_tokens = sum(len(c.get("judgment_token_ids", [])) for c in candidates)
     totals = run.totals
-    totals["rollouts"] = totals.get("rollouts", 0) + len(rewards)
-    totals["generated_tokens"] = totals.get("generated_tokens", 0) + completion_tokens
-    totals["judgment_tokens"] = totals.get("judgment_tokens", 0) + judgment_tokens
     metrics: dict[str, float] = {
         "train/reward_mean": sum(rewards) / len(rewards),
         "train/zero_variance_fraction": sum(v["realised_variance"] == 0 for v in verified)
