@@ -21,10 +21,27 @@ class PackedBatch:
     """[N, L] 1 on real tokens."""
     response_mask: torch.Tensor
     """[N, L-1] 1 where the *label* (input_ids[:, 1:]) is a response token: the tokens we train."""
+    prefix_len: int = 0
+    """Leading tokens identical in every row (0 = none shared). A group's n rollouts share their
+    prompt, a step's judgments share instruction + calibration memory: the trainer runs such a
+    prefix once and reuses its KV cache for every row."""
+
+
+def shared_prefix_len(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of the prompts."""
+    shortest = min(len(p) for p in prompts)
+    for i in range(shortest):
+        token = prompts[0][i]
+        if any(p[i] != token for p in prompts):
+            return i
+    return shortest
 
 
 def pack_sequences(
-    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+    share_prefix: bool = False,
 ) -> PackedBatch:
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -39,7 +56,9 @@ def pack_sequences(
         attention_mask[i, : len(seq)] = 1
         # label position t predicts token t+1: response tokens sit at labels len(p)-1 ... len(seq)-2
         response_mask[i, len(p) - 1 : len(seq) - 1] = 1.0
-    return PackedBatch(input_ids, attention_mask, response_mask)
+    # Sharing pays only for several rows, and the suffix must keep at least one position.
+    prefix = min(shared_prefix_len(prompts), length - 1) if share_prefix and n > 1 else 0
+    return PackedBatch(input_ids, attention_mask, response_mask, prefix)
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

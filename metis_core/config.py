@@ -143,8 +143,9 @@ class TrainerConfig(_Section):
     precision: Literal["fp32", "bf16", "autocast-bf16"] = "autocast-bf16"
     """fp32; bf16 (DeepSpeed bf16 weights, fp32 master copy); autocast-bf16 (fp32 weights, bf16
     matmuls: about 1.5x faster than fp32 on a 2-core AMX CPU)."""
-    micro_batch_size: int = Field(16, gt=0)
-    """Sequences per forward/backward pass; gradients accumulate to one optimiser step."""
+    micro_batch_size: int = Field(8, gt=0)
+    """Sequences per forward/backward pass; gradients accumulate to one optimiser step. Equal to
+    rollout.n, each micro-batch is one prompt's group, whose prompt then runs once."""
     ppo_epochs: int = Field(1, ge=1)
     """Optimiser passes over each batch; ratios are clipped when it is > 1."""
     clip_eps: float = Field(0.2, gt=0)

@@ -64,6 +64,8 @@ class Run:
     totals: dict[str, float] = field(default_factory=dict)
     """Cumulative rollouts and tokens spent; checkpointed so a resumed run keeps counting."""
     _prompt_tokens: dict[str, list[int]] = field(default_factory=dict)
+    _rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _train_by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # ---- folders and hand-off files -------------------------------------------------------------
     def step_dir(self, step: int) -> Path:
@@ -92,7 +94,15 @@ class Run:
 
     # ---- prompts -------------------------------------------------------------------------------
     def rows(self, split: str) -> list[dict[str, Any]]:
-        return [r for r in self.pool if r["split"] == split]
+        """Pool rows of one split ("train" or "heldout"), materialised once per run."""
+        if split not in self._rows:
+            self._rows[split] = [r for r in self.pool if r["split"] == split]
+        return self._rows[split]
+
+    def train_row(self, prompt_id: str) -> dict[str, Any]:
+        if not self._train_by_id:
+            self._train_by_id.update((r["prompt_id"], r) for r in self.rows("train"))
+        return self._train_by_id[prompt_id]
 
     def task_prompt_ids(self, row: dict[str, Any]) -> list[int]:
         """Chat-formatted task prompt (system + problem + assistant prefill) as token ids."""

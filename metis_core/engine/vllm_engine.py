@@ -99,21 +99,12 @@ class PolicyEngine:
         for out in outputs:
             group = []
             for c in out.outputs:
+                # Each step's dict holds the sampled token plus the top-k asked for: index by id.
                 lps = (
-                    [
-                        next(iter(step.values())).logprob if step else float("nan")
-                        for step in c.logprobs
-                    ]
+                    [step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids, strict=True)]
                     if c.logprobs
                     else []
                 )
-                # With several candidates per step vLLM puts the sampled token first only if
-                # it is in the top set; look it up by id instead.
-                if c.logprobs:
-                    lps = [
-                        step[tok].logprob
-                        for step, tok in zip(c.logprobs, c.token_ids, strict=False)
-                    ]
                 group.append(Completion(list(c.token_ids), c.text, lps))
             result.append(group)
         return result

@@ -15,8 +15,7 @@ from metis_core.run import Run, read_json, write_json
 def rollout(run: Run, step: int, selection_file: Path) -> Path:
     """n completions per selected prompt from the current policy, with token ids and log-probs."""
     cfg = run.cfg.rollout
-    by_id = {r["prompt_id"]: r for r in run.rows("train")}
-    selected = [by_id[pid] for pid in read_json(selection_file)["prompt_ids"]]
+    selected = [run.train_row(pid) for pid in read_json(selection_file)["prompt_ids"]]
     prompts = [run.task_prompt_ids(row) for row in selected]
     groups = run.engine.generate(
         prompts,
@@ -41,12 +40,11 @@ def rollout(run: Run, step: int, selection_file: Path) -> Path:
 
 def verify(run: Run, step: int, rollouts_file: Path, judgments_file: Path) -> Path:
     """Rewards per completion, realised variance and advantages per prompt, judgment rewards."""
-    by_id = {r["prompt_id"]: r for r in run.rows("train")}
     groups = read_json(rollouts_file)
     judged = {c["prompt_id"]: c for c in read_json(judgments_file)["candidates"]}
     rewards, reasons = [], []
     for g in groups:
-        row = by_id[g["prompt_id"]]
+        row = run.train_row(g["prompt_id"])
         scores, why = score_completions(
             reward_for_task(row["task"]), [c["text"] for c in g["completions"]], row
         )
@@ -87,11 +85,10 @@ def record(
     replaces rather than duplicates. Also feeds the sampler its outcomes."""
     groups = {g["prompt_id"]: g for g in read_json(rollouts_file)}
     verified = read_json(verified_file)
-    by_id = {r["prompt_id"]: r for r in run.rows("train")}
     run.store.add_prompts(
         [
             {
-                k: by_id[v["prompt_id"]][k]
+                k: run.train_row(v["prompt_id"])[k]
                 for k in ("prompt_id", "prompt", "answer", "task", "difficulty")
             }
             for v in verified

@@ -114,6 +114,14 @@ def checkpoint(run: Run, step: int, keep: int = 2) -> Path:
     run.trainer.export_hf(export)
     run.engine.tokenizer.save_pretrained(str(export))
     write_json(run.checkpoint_dir / "latest.json", {"tag": tag, "step": step})
+    # The weights stay on disk (hundreds of MB); MLflow gets where they are, to find them from the UI.
+    manifest = {
+        "step": step,
+        "deepspeed": str((run.checkpoint_dir / tag).resolve()),
+        "hf_export": str(export.resolve()),
+    }
+    run.tracker.log_dict(manifest, f"checkpoints/{tag}.json")
+    run.tracker.set_tag("metis.latest_checkpoint", manifest["hf_export"])
     tags = sorted(p.name for p in run.checkpoint_dir.glob("step-*"))
     for old in tags[:-keep]:
         shutil.rmtree(run.checkpoint_dir / old, ignore_errors=True)

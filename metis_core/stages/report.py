@@ -39,9 +39,8 @@ def iteration_metrics(run: Run, verified_file: Path, judgments_file: Path) -> di
             candidates
         )
     by_task: dict[str, list[float]] = {}
-    tasks = {r["prompt_id"]: r["task"] for r in run.rows("train")}
     for v in verified:
-        by_task.setdefault(tasks[v["prompt_id"]], []).extend(v["rewards"])
+        by_task.setdefault(run.train_row(v["prompt_id"])["task"], []).extend(v["rewards"])
     for task, rs in by_task.items():
         metrics[f"train/{task}/reward_mean"] = sum(rs) / len(rs)
     return metrics
@@ -51,11 +50,10 @@ def sample_table(
     run: Run, rollouts_file: Path, verified_file: Path, limit: int = 8
 ) -> list[dict[str, Any]]:
     """A few selected prompts with their judgment, realised variance and first completion."""
-    prompts = {r["prompt_id"]: r for r in run.rows("train")}
     groups = {g["prompt_id"]: g for g in read_json(rollouts_file)}
     rows = []
     for v in read_json(verified_file)[:limit]:
-        p = prompts[v["prompt_id"]]
+        p = run.train_row(v["prompt_id"])
         first = groups[v["prompt_id"]]["completions"][0]
         rows.append(
             {

@@ -91,6 +91,36 @@ def deepspeed_config(cfg: TrainerConfig, grad_accum: int) -> dict[str, Any]:
     return ds
 
 
+def hidden_states(
+    decoder: torch.nn.Module, batch: PackedBatch, device: torch.device, share_prefix: bool = True
+) -> torch.Tensor:
+    """Last hidden states [N, L, H] of a packed batch.
+
+    A shared prefix (batch.prefix_len) runs once, with batch 1, and its KV cache is repeated for
+    the rows' suffixes. Gradients flow through the cache into the prefix, so values and gradients
+    equal a plain forward of every row (tests/unit/test_prefix_sharing.py) at a fraction of the
+    cost: a group's n rollouts share their prompt, a step's judgments their instruction and memory.
+    """
+    input_ids = batch.input_ids.to(device)
+    attention_mask = batch.attention_mask.to(device)
+    p = batch.prefix_len if share_prefix else 0
+    if p == 0:
+        return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    n = input_ids.shape[0]
+    prefix = decoder(
+        input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p], use_cache=True
+    )
+    cache = prefix.past_key_values
+    cache.batch_repeat_interleave(n)
+    suffix = decoder(
+        input_ids=input_ids[:, p:],
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return torch.cat([prefix.last_hidden_state.expand(n, -1, -1), suffix.last_hidden_state], dim=1)
+
+
 class PolicyTrainer:
     def __init__(
         self,
@@ -137,17 +167,19 @@ class PolicyTrainer:
         """Log-probs [N, L-1] of the trained (response) tokens; 0 elsewhere.
 
         The LM head (49k-vocab for SmolLM2) and its log-softmax run only where response_mask is
-        set: prompt positions need hidden states, not logits. On rollouts that is about a third of
-        the positions, on judgments (long prompt, a few tokens) a few percent.
+        set: prompt positions need hidden states, not logits.
         """
         model = self.engine.module if model is None else model
         autocast = self.autocast if autocast is None else autocast
         input_ids = batch.input_ids.to(self.device)
         mask = batch.response_mask.to(self.device).bool()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-            hidden = model.get_decoder()(
-                input_ids=input_ids, attention_mask=batch.attention_mask.to(self.device)
-            ).last_hidden_state
+            hidden = hidden_states(
+                model.get_decoder(),
+                batch,
+                self.device,
+                share_prefix=not self.cfg.gradient_checkpointing,
+            )
             logits = model.get_output_embeddings()(hidden[:, :-1][mask])
         picked = (
             torch.log_softmax(logits.float(), dim=-1)
@@ -165,34 +197,40 @@ class PolicyTrainer:
         # full precision, so the sync check measures the engine, not autocast rounding
         return self._logprobs(batch, autocast=False)[0].tolist()
 
+    def _pack(
+        self, prompts: list[list[int]], responses: list[list[int]]
+    ) -> list[tuple[slice, PackedBatch]]:
+        """Micro-batches of consecutive rows, each padded to its own length. Rollouts arrive
+        grouped by prompt, so a micro-batch of n rows is one group sharing its whole prompt."""
+        return [
+            (s, pack_sequences(prompts[s], responses[s], self.pad_id, share_prefix=True))
+            for s in micro_batches(len(prompts), self.cfg.micro_batch_size)
+        ]
+
     # ---- the update -----------------------------------------------------------------------------
     def train_step(
         self, rollouts: RolloutBatch, judgments: JudgmentBatch | None, lam: float
     ) -> dict[str, float]:
         """One optimiser step per PPO epoch on L_task + lam * L_judge. Returns scalar metrics."""
         cfg = self.cfg
-        packed = pack_sequences(rollouts.prompt_ids, rollouts.response_ids, self.pad_id)
+        packs = self._pack(rollouts.prompt_ids, rollouts.response_ids)
         advantages = torch.tensor(rollouts.advantages, dtype=torch.float32)
         n_seq = len(rollouts.prompt_ids)
-        total_tokens = float(packed.response_mask.sum())
-        slices = micro_batches(n_seq, cfg.micro_batch_size)
-        old_logprobs = self._old_logprobs(packed, slices) if cfg.ppo_epochs > 1 else None
-        judge_packed = None
+        total_tokens = sum(float(mb.response_mask.sum()) for _, mb in packs)
+        old_logprobs = self._old_logprobs(packs) if cfg.ppo_epochs > 1 else None
+        judge_packs = None
         if judgments is not None and lam > 0 and judgments.prompt_ids:
-            judge_packed = pack_sequences(judgments.prompt_ids, judgments.judgment_ids, self.pad_id)
+            judge_packs = self._pack(judgments.prompt_ids, judgments.judgment_ids)
 
         metrics: dict[str, float] = {}
         for _epoch in range(cfg.ppo_epochs):
             self.engine.train()
             sums = {"task_loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "judge_loss": 0.0}
             backward_calls = 0
-            for s in slices:
-                mb = PackedBatch(
-                    packed.input_ids[s], packed.attention_mask[s], packed.response_mask[s]
-                )
+            for k, (s, mb) in enumerate(packs):
                 mask = mb.response_mask.to(self.device)
                 logprobs = self._logprobs(mb)
-                old = logprobs.detach() if old_logprobs is None else old_logprobs[s].to(self.device)
+                old = logprobs.detach() if old_logprobs is None else old_logprobs[k].to(self.device)
                 token_loss, clipped = policy_token_loss(
                     logprobs, old, advantages[s].to(self.device), cfg.clip_eps
                 )
@@ -212,8 +250,8 @@ class PolicyTrainer:
                 self.engine.backward(loss, scale_wrt_gas=False)
                 self.engine.step()
                 backward_calls += 1
-            if judge_packed is not None:
-                backward_calls += self._judge_backward(judge_packed, judgments, lam, sums)  # type: ignore[arg-type]
+            if judge_packs is not None:
+                backward_calls += self._judge_backward(judge_packs, judgments, lam, sums)  # type: ignore[arg-type]
             if backward_calls != self.grad_accum:
                 raise RuntimeError(
                     f"a step made {backward_calls} micro-batches but DeepSpeed was set up for {self.grad_accum}; "
@@ -227,15 +265,17 @@ class PolicyTrainer:
         return metrics
 
     def _judge_backward(
-        self, packed: PackedBatch, judgments: JudgmentBatch, lam: float, sums: dict[str, float]
+        self,
+        packs: list[tuple[slice, PackedBatch]],
+        judgments: JudgmentBatch,
+        lam: float,
+        sums: dict[str, float],
     ) -> int:
         # log pi(judgment | judgment prompt) under the *unconstrained* policy: constrained decoding
         # only chose which tokens were emitted; this forward pass scores them with the full softmax.
         rewards = torch.tensor(judgments.rewards, dtype=torch.float32)
         n = len(judgments.prompt_ids)
-        calls = 0
-        for s in micro_batches(n, self.cfg.micro_batch_size):
-            mb = PackedBatch(packed.input_ids[s], packed.attention_mask[s], packed.response_mask[s])
+        for s, mb in packs:
             logprobs = self._logprobs(mb)
             seq_logprob = (logprobs * mb.response_mask.to(self.device)).sum(dim=-1)
             loss = judge_loss(seq_logprob, rewards[s].to(self.device), judgments.baseline) * (
@@ -244,19 +284,12 @@ class PolicyTrainer:
             sums["judge_loss"] += loss.item()
             self.engine.backward(lam * loss, scale_wrt_gas=False)
             self.engine.step()
-            calls += 1
-        return calls
+        return len(packs)
 
     @torch.no_grad()
-    def _old_logprobs(self, packed: PackedBatch, slices: list[slice]) -> torch.Tensor:
+    def _old_logprobs(self, packs: list[tuple[slice, PackedBatch]]) -> list[torch.Tensor]:
         self.engine.eval()
-        parts = [
-            self._logprobs(
-                PackedBatch(packed.input_ids[s], packed.attention_mask[s], packed.response_mask[s])
-            ).cpu()
-            for s in slices
-        ]
-        return torch.cat(parts)
+        return [self._logprobs(mb).cpu() for _, mb in packs]
 
     # ---- weights out: sync and checkpoints ------------------------------------------------------
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
