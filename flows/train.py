@@ -81,6 +81,7 @@ def train(
             run.tracker.log_metrics({"time/iteration_s": time.perf_counter() - started}, step)
             bar.set_postfix_str(progress_line(metrics, cfg.eval.samples, short=True))
             tqdm.write(f"step {step:4d} | {progress_line(metrics, cfg.eval.samples)}")
+        stages.plots(run.run_id)
         status = "FINISHED"
     finally:
         live_run(run.run_id).tracker.end(status)

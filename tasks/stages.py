@@ -130,3 +130,13 @@ def log_iteration(
             f"samples/step_{step:06d}.json",
         )
     return metrics
+
+
+@_always("plots")
+def plots(run_id: str) -> list[str]:
+    """Judge calibration and training curves as PNG artifacts in the MLflow run."""
+    run = live_run(run_id)
+    figures = report.final_figures(run)
+    for path, figure in figures.items():
+        run.tracker.log_figure(figure, path)
+    return list(figures)

@@ -67,3 +67,29 @@ def sample_table(
             }
         )
     return rows
+
+
+def final_figures(run: Run) -> dict[str, Any]:
+    """The end-of-run figures (artifact path -> matplotlib Figure), from the outcome history."""
+    from metis_core.plots import judge_calibration, training_curves
+
+    figures: dict[str, Any] = {}
+    judged = run.store.judged_selected(run.run_id)
+    if judged:
+        steps, v_hat, v = zip(*judged, strict=True)
+        figures["plots/judge_calibration.png"] = judge_calibration(v_hat, v, steps)
+    history = run.store.step_metrics(run.run_id)
+    if history:
+        k = run.cfg.eval.samples
+        names = [
+            "train/reward_mean",
+            "train/zero_variance_fraction",
+            f"eval/avg_at_{k}",
+            "judge/spearman",
+        ]
+        names = [n for n in names if any(n in m for _, m in history)]
+        figures["plots/training_curves.png"] = training_curves(
+            [s for s, _ in history],
+            {n: [m.get(n, float("nan")) for _, m in history] for n in names},
+        )
+    return figures

@@ -144,6 +144,23 @@ class OutcomeStore:
                 [run_id, last_n],
             ).df()
 
+    def judged_selected(self, run_id: str) -> list[tuple[int, float, float]]:
+        """(step, v_hat, realised variance) of every selected prompt whose judgment parsed."""
+        with self._connect() as con:
+            return con.execute(
+                "SELECT step, v_hat, realised_variance FROM judgments "
+                "WHERE run_id = ? AND selected AND parsed ORDER BY step",
+                [run_id],
+            ).fetchall()
+
+    def step_metrics(self, run_id: str) -> list[tuple[int, dict[str, float]]]:
+        """Every recorded step's metrics, in step order."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT step, metrics FROM steps WHERE run_id = ? ORDER BY step", [run_id]
+            ).fetchall()
+        return [(step, json.loads(metrics)) for step, metrics in rows]
+
     def count(self, table: str, run_id: str, step: int | None = None) -> int:
         if table not in ("outcomes", "judgments", "steps"):
             raise ValueError(f"unknown table {table!r}")

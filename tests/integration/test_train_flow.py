@@ -135,7 +135,9 @@ def test_metrics_params_and_artifacts_logged(trained):
         run.data.metrics["judge/parse_failure_rate"] == 0.0
     )  # constrained decoding parses every judgment
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"config.json", "samples", "checkpoints"} <= artifacts
+    assert {"config.json", "samples", "checkpoints", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert plots == {"plots/judge_calibration.png", "plots/training_curves.png"}
     assert run.data.tags["metis.latest_checkpoint"].endswith("step-000001/hf")
 
 
