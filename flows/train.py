@@ -63,6 +63,10 @@ def train(
     run_dir = Path(_prepare(config_file, list(overrides or []), resume))
     run = open_run(run_dir)
     register(run)
+    if run.start_step > 0:
+        tqdm.write(
+            f"metis: resumed {run.run_id} from its latest checkpoint: continuing at step {run.start_step}"
+        )
     cfg = run.cfg
     last = cfg.steps - 1
     status = "FAILED"

@@ -1,4 +1,6 @@
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,3 +35,34 @@ def metis_env(tmp: Path) -> dict[str, str]:
 
 def metis_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "flows.cli", *args]
+
+
+def run_metis(tmp: Path, args: list[str], timeout: int = 900) -> subprocess.CompletedProcess:
+    """`metis ARGS` in a subprocess with tmp-local Prefect state; fails the test on a non-zero exit."""
+    done = subprocess.run(
+        metis_command(*args),
+        cwd=REPO,
+        env=metis_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def set_args(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def only_run_dir(output_dir: Path) -> Path:
+    (run_dir,) = [p for p in output_dir.iterdir() if (p / "config.json").is_file()]
+    return run_dir
+
+
+def mlflow_run(run_dir: Path):
+    """(MlflowClient, MLflow run id) of a metis run folder."""
+    from mlflow.tracking import MlflowClient
+
+    info = json.loads((run_dir / "run.json").read_text())
+    return MlflowClient(tracking_uri=info["tracking_uri"]), info["mlflow_run_id"]

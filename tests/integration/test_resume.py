@@ -10,7 +10,7 @@ import time
 import duckdb
 import pytest
 
-from tests.conftest import REPO, metis_command, metis_env
+from tests.conftest import REPO, metis_command, metis_env, mlflow_run, run_metis, set_args
 from tests.integration.test_train_flow import B, N, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ STEPS = 4
 def test_resume_after_kill(tiny_model, tmp_path):
     out = tmp_path / "runs"
     overrides = tiny_overrides(tiny_model, out, steps=STEPS, extra=["eval.every=0"])
-    args = ["train"] + [a for o in overrides for a in ("--set", o)]
+    args = ["train", *set_args(overrides)]
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(
         metis_command(*args),
@@ -48,15 +48,8 @@ def test_resume_after_kill(tiny_model, tmp_path):
     killed_at = json.loads(latest.read_text())["step"]
     assert killed_at < STEPS - 1, "the run finished before it could be killed"
 
-    resumed = subprocess.run(
-        metis_command("train", "--resume", str(run_dir)),
-        cwd=REPO,
-        env=metis_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    resumed = run_metis(tmp_path, ["train", "--resume", str(run_dir)])
+    assert f"continuing at step {killed_at + 1}" in resumed.stdout + resumed.stderr
 
     con = duckdb.connect(str(run_dir / "history.duckdb"), read_only=True)
     try:
@@ -68,13 +61,10 @@ def test_resume_after_kill(tiny_model, tmp_path):
     assert steps == list(range(STEPS))
     assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == STEPS - 1
 
-    from mlflow.tracking import MlflowClient
-
-    info = json.loads((run_dir / "run.json").read_text())
-    client = MlflowClient(tracking_uri=info["tracking_uri"])
-    history = client.get_metric_history(info["mlflow_run_id"], "train/reward_mean")
+    client, run_id = mlflow_run(run_dir)
+    history = client.get_metric_history(run_id, "train/reward_mean")
     assert sorted({m.step for m in history}) == list(range(STEPS))
-    assert client.get_run(info["mlflow_run_id"]).info.status == "FINISHED"
-    totals = client.get_metric_history(info["mlflow_run_id"], "cost/rollouts")
+    assert client.get_run(run_id).info.status == "FINISHED"
+    totals = client.get_metric_history(run_id, "cost/rollouts")
     # cumulative counters come back from the checkpoint: the last value counts each step once
     assert max(totals, key=lambda m: (m.step, m.timestamp)).value == STEPS * B * N

@@ -1,14 +1,12 @@
 """Two METIS iterations through real vLLM, DeepSpeed, DuckDB, MLflow and Prefect on a tiny Llama."""
 
-import json
 import sqlite3
-import subprocess
 
 import duckdb
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, metis_command, metis_env
+from tests.conftest import mlflow_run, only_run_dir, run_metis, set_args
 
 pytestmark = pytest.mark.integration
 
@@ -35,41 +33,18 @@ def tiny_overrides(model, out, steps=2, extra=()):
     ]
 
 
-def run_metis(tmp_path, overrides, timeout=900):
-    args = ["train"] + [a for o in overrides for a in ("--set", o)]
-    done = subprocess.run(
-        metis_command(*args),
-        cwd=REPO,
-        env=metis_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    return done
-
-
 @pytest.fixture(scope="module")
 def trained(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("flow")
     out = tmp / "runs"
-    done = run_metis(tmp, tiny_overrides(tiny_model, out))
-    (run_dir,) = [p for p in out.iterdir() if (p / "config.json").is_file()]
+    done = run_metis(tmp, ["train", *set_args(tiny_overrides(tiny_model, out))])
     return {
         "tmp": tmp,
         "out": out,
-        "run_dir": run_dir,
+        "run_dir": only_run_dir(out),
         "stdout": done.stdout + done.stderr,
         "model": tiny_model,
     }
-
-
-def mlflow_metrics(run_dir):
-    from mlflow.tracking import MlflowClient
-
-    info = json.loads((run_dir / "run.json").read_text())
-    client = MlflowClient(tracking_uri=info["tracking_uri"])
-    return client, info["mlflow_run_id"]
 
 
 def test_every_parameter_changed(trained):
@@ -102,7 +77,7 @@ def test_outcome_rows_land_once_per_completion(trained):
 
 
 def test_sync_reaches_the_engine(trained):
-    client, run_id = mlflow_metrics(trained["run_dir"])
+    client, run_id = mlflow_run(trained["run_dir"])
     gaps = client.get_metric_history(run_id, "sync/max_logprob_gap")
     changes = client.get_metric_history(run_id, "sync/max_logprob_change")
     assert [m.step for m in gaps] == [0, 1]
@@ -113,7 +88,7 @@ def test_sync_reaches_the_engine(trained):
 
 
 def test_metrics_params_and_artifacts_logged(trained):
-    client, run_id = mlflow_metrics(trained["run_dir"])
+    client, run_id = mlflow_run(trained["run_dir"])
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["judge.lam"] == "0.5"
