@@ -140,12 +140,13 @@ class TrainerConfig(_Section):
     """AdamW weight decay."""
     zero_stage: Literal[0, 1, 2, 3] = 0
     """DeepSpeed ZeRO stage."""
-    precision: Literal["fp32", "bf16", "autocast-bf16"] = "autocast-bf16"
+    precision: Literal["fp32", "bf16", "autocast-bf16"] = "fp32"
     """fp32; bf16 (DeepSpeed bf16 weights, fp32 master copy); autocast-bf16 (fp32 weights, bf16
-    matmuls: about 1.5x faster than fp32 on a 2-core AMX CPU)."""
-    micro_batch_size: int = Field(8, gt=0)
-    """Sequences per forward/backward pass; gradients accumulate to one optimiser step. Equal to
-    rollout.n, each micro-batch is one prompt's group, whose prompt then runs once."""
+    matmuls). On the 2-core CPU default, fp32 was steadiest (docs/BENCHMARKS.md)."""
+    micro_batch_size: int = Field(64, gt=0)
+    """Rows per forward/backward pass; gradients accumulate to one optimiser step. Rows sharing a
+    prompt run it once (metis_core/batch.py), so fewer, larger micro-batches are much faster;
+    lower it only to save memory. Keep it a multiple of rollout.n so groups stay whole."""
     ppo_epochs: int = Field(1, ge=1)
     """Optimiser passes over each batch; ratios are clipped when it is > 1."""
     clip_eps: float = Field(0.2, gt=0)
@@ -158,8 +159,6 @@ class TrainerConfig(_Section):
     """Weight of a k3 KL penalty to the initial policy; 0 keeps no reference model."""
     grad_clip: float = Field(1.0, gt=0)
     """Global gradient-norm clip."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in backward: less memory, about 30% more time."""
     deepspeed_config: str | None = None
     """Optional DeepSpeed JSON merged over the generated one (e.g. infra/deepspeed/*.json)."""
 

@@ -22,12 +22,14 @@ import torch
 
 from metis_core.algorithms import agg_loss, judge_loss, kl_k3, policy_token_loss
 from metis_core.batch import (
-    PackedBatch,
+    GroupedBatch,
     micro_batch_weight,
     micro_batches,
+    pack_grouped,
     pack_sequences,
 )
 from metis_core.config import TrainerConfig
+from metis_core.trainer.forward import full_logprobs, grouped_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -91,36 +93,6 @@ def deepspeed_config(cfg: TrainerConfig, grad_accum: int) -> dict[str, Any]:
     return ds
 
 
-def hidden_states(
-    decoder: torch.nn.Module, batch: PackedBatch, device: torch.device, share_prefix: bool = True
-) -> torch.Tensor:
-    """Last hidden states [N, L, H] of a packed batch.
-
-    A shared prefix (batch.prefix_len) runs once, with batch 1, and its KV cache is repeated for
-    the rows' suffixes. Gradients flow through the cache into the prefix, so values and gradients
-    equal a plain forward of every row (tests/unit/test_prefix_sharing.py) at a fraction of the
-    cost: a group's n rollouts share their prompt, a step's judgments their instruction and memory.
-    """
-    input_ids = batch.input_ids.to(device)
-    attention_mask = batch.attention_mask.to(device)
-    p = batch.prefix_len if share_prefix else 0
-    if p == 0:
-        return decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    n = input_ids.shape[0]
-    prefix = decoder(
-        input_ids=input_ids[:1, :p], attention_mask=attention_mask[:1, :p], use_cache=True
-    )
-    cache = prefix.past_key_values
-    cache.batch_repeat_interleave(n)
-    suffix = decoder(
-        input_ids=input_ids[:, p:],
-        attention_mask=attention_mask,
-        past_key_values=cache,
-        use_cache=True,
-    )
-    return torch.cat([prefix.last_hidden_state.expand(n, -1, -1), suffix.last_hidden_state], dim=1)
-
-
 class PolicyTrainer:
     def __init__(
         self,
@@ -139,8 +111,6 @@ class PolicyTrainer:
         self.cfg = cfg
         self.max_response_tokens = max_response_tokens
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-        if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
         model.config.use_cache = False
         self.reference = None
         if cfg.kl_coef > 0:
@@ -161,49 +131,27 @@ class PolicyTrainer:
         self.autocast = cfg.precision == "autocast-bf16"
 
     # ---- forward passes -------------------------------------------------------------------------
-    def _logprobs(
-        self, batch: PackedBatch, model: torch.nn.Module | None = None, autocast: bool | None = None
-    ) -> torch.Tensor:
-        """Log-probs [N, L-1] of the trained (response) tokens; 0 elsewhere.
-
-        The LM head (49k-vocab for SmolLM2) and its log-softmax run only where response_mask is
-        set: prompt positions need hidden states, not logits.
-        """
-        model = self.engine.module if model is None else model
-        autocast = self.autocast if autocast is None else autocast
-        input_ids = batch.input_ids.to(self.device)
-        mask = batch.response_mask.to(self.device).bool()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-            hidden = hidden_states(
-                model.get_decoder(),
-                batch,
-                self.device,
-                share_prefix=not self.cfg.gradient_checkpointing,
+    def _logprobs(self, batch: GroupedBatch, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """[N, S] log-probs of the batch's trained tokens under the policy (or `model`)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return grouped_logprobs(
+                self.engine.module if model is None else model, batch, self.device
             )
-            logits = model.get_output_embeddings()(hidden[:, :-1][mask])
-        picked = (
-            torch.log_softmax(logits.float(), dim=-1)
-            .gather(-1, input_ids[:, 1:][mask].unsqueeze(-1))
-            .squeeze(-1)
-        )
-        out = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
-        return out.masked_scatter(mask, picked)
 
     @torch.no_grad()
     def sequence_logprobs(self, token_ids: list[int]) -> list[float]:
-        """The trainer's log-prob of each token after the first (compare with the engine's)."""
+        """The trainer's log-prob of each token after the first (compare with the engine's), in
+        full precision so the sync check measures the engine, not autocast rounding."""
         self.engine.eval()
         batch = pack_sequences([token_ids[:1]], [token_ids[1:]], self.pad_id)
-        # full precision, so the sync check measures the engine, not autocast rounding
-        return self._logprobs(batch, autocast=False)[0].tolist()
+        return full_logprobs(self.engine.module, batch, self.device)[0].tolist()
 
     def _pack(
         self, prompts: list[list[int]], responses: list[list[int]]
-    ) -> list[tuple[slice, PackedBatch]]:
-        """Micro-batches of consecutive rows, each padded to its own length. Rollouts arrive
-        grouped by prompt, so a micro-batch of n rows is one group sharing its whole prompt."""
+    ) -> list[tuple[slice, GroupedBatch]]:
+        """Micro-batches of consecutive rows, each grouped by shared prefix (see GroupedBatch)."""
         return [
-            (s, pack_sequences(prompts[s], responses[s], self.pad_id, share_prefix=True))
+            (s, pack_grouped(prompts[s], responses[s], self.pad_id))
             for s in micro_batches(len(prompts), self.cfg.micro_batch_size)
         ]
 
@@ -216,7 +164,7 @@ class PolicyTrainer:
         packs = self._pack(rollouts.prompt_ids, rollouts.response_ids)
         advantages = torch.tensor(rollouts.advantages, dtype=torch.float32)
         n_seq = len(rollouts.prompt_ids)
-        total_tokens = sum(float(mb.response_mask.sum()) for _, mb in packs)
+        total_tokens = sum(float(mb.loss_mask.sum()) for _, mb in packs)
         old_logprobs = self._old_logprobs(packs) if cfg.ppo_epochs > 1 else None
         judge_packs = None
         if judgments is not None and lam > 0 and judgments.prompt_ids:
@@ -228,13 +176,13 @@ class PolicyTrainer:
             sums = {"task_loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "judge_loss": 0.0}
             backward_calls = 0
             for k, (s, mb) in enumerate(packs):
-                mask = mb.response_mask.to(self.device)
+                mask = mb.loss_mask.to(self.device)
                 logprobs = self._logprobs(mb)
                 old = logprobs.detach() if old_logprobs is None else old_logprobs[k].to(self.device)
                 token_loss, clipped = policy_token_loss(
                     logprobs, old, advantages[s].to(self.device), cfg.clip_eps
                 )
-                weight = micro_batch_weight(mb.response_mask, total_tokens, n_seq, cfg.loss_agg)
+                weight = micro_batch_weight(mb.loss_mask, total_tokens, n_seq, cfg.loss_agg)
                 loss = agg_loss(token_loss, mask, cfg.loss_agg, self.max_response_tokens) * weight
                 sums["task_loss"] += loss.item()
                 sums["clip_frac"] += float((clipped.float() * mask).sum()) / max(total_tokens, 1.0)
@@ -266,7 +214,7 @@ class PolicyTrainer:
 
     def _judge_backward(
         self,
-        packs: list[tuple[slice, PackedBatch]],
+        packs: list[tuple[slice, GroupedBatch]],
         judgments: JudgmentBatch,
         lam: float,
         sums: dict[str, float],
@@ -276,8 +224,7 @@ class PolicyTrainer:
         rewards = torch.tensor(judgments.rewards, dtype=torch.float32)
         n = len(judgments.prompt_ids)
         for s, mb in packs:
-            logprobs = self._logprobs(mb)
-            seq_logprob = (logprobs * mb.response_mask.to(self.device)).sum(dim=-1)
+            seq_logprob = (self._logprobs(mb) * mb.loss_mask.to(self.device)).sum(dim=-1)
             loss = judge_loss(seq_logprob, rewards[s].to(self.device), judgments.baseline) * (
                 (s.stop - s.start) / n
             )
@@ -287,7 +234,7 @@ class PolicyTrainer:
         return len(packs)
 
     @torch.no_grad()
-    def _old_logprobs(self, packs: list[tuple[slice, PackedBatch]]) -> list[torch.Tensor]:
+    def _old_logprobs(self, packs: list[tuple[slice, GroupedBatch]]) -> list[torch.Tensor]:
         self.engine.eval()
         return [self._logprobs(mb).cpu() for _, mb in packs]
 
