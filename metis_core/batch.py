@@ -134,6 +134,33 @@ def pack_grouped(
     )
 
 
+def length_buckets(lengths: Sequence[int], max_buckets: int) -> list[list[int]]:
+    """Row indices split into at most `max_buckets` runs of the length-sorted order, minimising
+    the padded positions sum(bucket size * bucket's longest). Completions are mostly short with a
+    few long ones: one pass padded to the longest wastes most of its work."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sorted_len = [lengths[i] for i in order]
+    n = len(order)
+    inf = float("inf")
+    # cost[k][j]: fewest padded positions covering the first j sorted rows with k buckets
+    cost = [[inf] * (n + 1) for _ in range(max_buckets + 1)]
+    cut = [[0] * (n + 1) for _ in range(max_buckets + 1)]
+    cost[0][0] = 0
+    for k in range(1, max_buckets + 1):
+        for j in range(1, n + 1):
+            for i in range(j):  # the last bucket is sorted rows i..j-1, padded to sorted_len[j-1]
+                c = cost[k - 1][i] + (j - i) * sorted_len[j - 1]
+                if c < cost[k][j]:
+                    cost[k][j], cut[k][j] = c, i
+    k = min(range(1, max_buckets + 1), key=lambda b: cost[b][n])
+    buckets, j = [], n
+    while j > 0:
+        i = cut[k][j]
+        buckets.append(order[i:j])
+        j, k = i, k - 1
+    return buckets[::-1]
+
+
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Log-prob of each next token: logits [N, L, V], input_ids [N, L] -> [N, L-1]."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)

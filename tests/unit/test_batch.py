@@ -39,3 +39,17 @@ def test_weighted_micro_batches_reproduce_whole_batch_aggregation():
             for s in micro_batches(7, 3)
         )
         assert torch.isclose(whole, parts), mode
+
+
+def test_length_buckets_minimise_padding():
+    from metis_core.batch import length_buckets
+
+    lengths = [4, 24, 3, 5, 4, 23, 4, 3]
+    buckets = length_buckets(lengths, 2)
+    assert sorted(i for b in buckets for i in b) == list(range(8))
+    assert [sorted(lengths[i] for i in b) for b in buckets] == [[3, 3, 4, 4, 4, 5], [23, 24]]
+    assert len(length_buckets(lengths, 1)) == 1
+    assert (
+        length_buckets([7, 7, 7], 3) == [[0, 1, 2]]
+        or sum(len(b) for b in length_buckets([7, 7, 7], 3)) == 3
+    )
