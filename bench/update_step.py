@@ -1,0 +1,89 @@
+"""Time one policy update (DeepSpeed, no vLLM) on a batch shaped like the CPU default's.
+
+B=8 prompts of 43 tokens with n=8 completions each (lengths drawn from 3-6 tokens with one in six
+at 24, as seen on the default pool), plus 8 judgments sharing a 240-token instruction+memory
+prefix with a 42-token candidate and a 7-token judgment. Prints the time of each step and of its
+forward, backward and optimiser parts.
+
+    .venv/bin/python bench/update_step.py --steps 5 --set precision=fp32
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="TRAINER_KEY=VALUE"
+    )
+    args = parser.parse_args()
+
+    from metis_core.config import load_config
+    from metis_core.launch import configure_runtime_environment
+    from metis_core.model.weights import resolve_model
+    from metis_core.trainer.policy_trainer import JudgmentBatch, PolicyTrainer, RolloutBatch
+
+    configure_runtime_environment()
+    cfg = load_config(overrides=[f"trainer.{o}" for o in args.overrides]).trainer
+    trainer = PolicyTrainer(
+        resolve_model("embedded:smollm2-135m-instruct"),
+        cfg,
+        rollouts_per_step=64,
+        judgments_per_step=8,
+        max_response_tokens=24,
+    )
+    rng = random.Random(0)
+
+    def tokens(k: int) -> list[int]:
+        return [rng.randrange(1000, 40000) for _ in range(k)]
+
+    prompts, responses = [], []
+    for _ in range(8):
+        prompt = tokens(43)
+        for _ in range(8):
+            prompts.append(prompt)
+            responses.append(tokens(rng.choice([3, 4, 4, 5, 6, 24])))
+    shared = tokens(240)
+    rollouts = RolloutBatch(prompts, responses, [rng.uniform(-0.5, 0.5) for _ in prompts])
+    judgments = JudgmentBatch(
+        [shared + tokens(42) for _ in range(8)], [tokens(7) for _ in range(8)], [0.5] * 8, 0.4
+    )
+
+    parts = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+
+    def timed(name, fn):
+        def inner(*a, **k):
+            start = time.perf_counter()
+            result = fn(*a, **k)
+            parts[name] += time.perf_counter() - start
+            return result
+
+        return inner
+
+    trainer._logprobs = timed("forward", trainer._logprobs)
+    trainer.engine.backward = timed("backward", trainer.engine.backward)
+    trainer.engine.step = timed("optimizer", trainer.engine.step)
+    print(f"trainer: {cfg.model_dump()}")
+    for step in range(args.steps):
+        parts.update(dict.fromkeys(parts, 0.0))
+        start = time.perf_counter()
+        trainer.train_step(rollouts, judgments, lam=0.01)
+        print(
+            f"step {step}: {time.perf_counter() - start:.2f} s  "
+            + "  ".join(f"{k} {v:.2f} s" for k, v in parts.items())
+        )
+
+
+if __name__ == "__main__":
+    main()
