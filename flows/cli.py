@@ -9,7 +9,7 @@ from pathlib import Path
 
 EPILOG = """
 examples:
-  metis train                                   # the CPU default (configs/default.yaml)
+  metis train                                   # the CPU default (same as --config configs/default.yaml)
   metis train --config configs/default.yaml --set curriculum.batch_prompts=4 --set steps=5
   metis train --set curriculum.sampler=uniform  # the plain-GRPO baseline on equal footing
   metis train --resume runs/metis-default-20261121-220000   # continue after a crash/preemption
@@ -91,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"metis: {err}", file=sys.stderr)
+        return 2
+    if getattr(args, "resume", None) and (args.config or args.overrides):
+        print(
+            "metis: --resume continues with the run's saved config (RUN_DIR/config.json); drop --config/--set",
+            file=sys.stderr,
+        )
         return 2
     if args.command == "config":
         from metis_core.config import config_reference

@@ -164,7 +164,7 @@ class TrainerConfig(_Section):
 
 
 class EvalConfig(_Section):
-    every: int = Field(5, ge=0)
+    every: int = Field(8, ge=0)
     """E: evaluate on the held-out split every E iterations (0 = only at the end)."""
     samples: int = Field(4, ge=1)
     """k: completions per held-out prompt (avg@k and pass@k)."""
@@ -177,7 +177,7 @@ class EvalConfig(_Section):
 class RunConfig(_Section):
     name: str = "metis-default"
     """Run name shown in MLflow and Prefect."""
-    steps: int = Field(20, gt=0)
+    steps: int = Field(16, gt=0)
     """Training iterations."""
     seed: int = 0
     """Seed of the engine, candidate draws and tie-breaks (a replayed step draws the same)."""

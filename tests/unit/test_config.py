@@ -95,3 +95,17 @@ def test_every_shipped_config_validates():
     assert len(configs) >= 5
     for path in configs:
         load_config(path)
+
+
+def test_cli_refuses_overrides_on_resume(capsys):
+    from flows.cli import main
+
+    assert main(["train", "--resume", "runs/x", "--set", "steps=3"]) == 2
+    assert "--resume continues with the run's saved config" in capsys.readouterr().err
+
+
+def test_cli_reports_bad_config_without_a_traceback(capsys):
+    from flows.cli import main
+
+    assert main(["config", "--set", "judge.lam=-1"]) == 2
+    assert "judge.lam" in capsys.readouterr().err
