@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from metis_core.config import load_config
 from metis_core.launch import open_run, prepare_run_dir
 from tasks import stages
-from tasks.runtime import live_run, register, release
+from tasks.runtime import register, release
 
 
 def metis_iteration(
@@ -30,9 +30,10 @@ def metis_iteration(
     extra |= stages.sync(run_id, step)  # new weights into vLLM, checked
     if evaluate_now:
         extra |= stages.evaluate(run_id, step)  # held-out avg@k, pass@k
-    if checkpoint_now:
+    metrics = stages.log_iteration(run_id, step, rollouts, verified, judgments, extra)
+    if checkpoint_now:  # last: a checkpoint at step s means step s is fully recorded
         stages.checkpoint(run_id, step)
-    return stages.log_iteration(run_id, step, rollouts, verified, judgments, extra)
+    return metrics
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -63,14 +64,20 @@ def train(
     run_dir = Path(_prepare(config_file, list(overrides or []), resume))
     run = open_run(run_dir)
     register(run)
-    if run.start_step > 0:
-        tqdm.write(
-            f"metis: resumed {run.run_id} from its latest checkpoint: continuing at step {run.start_step}"
-        )
     cfg = run.cfg
     last = cfg.steps - 1
     status = "FAILED"
     try:
+        if run.start_step > 0:
+            tqdm.write(
+                f"metis: resumed {run.run_id} from its latest checkpoint: continuing at step {run.start_step}"
+            )
+        elif cfg.eval.at_start:
+            initial = stages.evaluate(run.run_id, -1)
+            run.tracker.log_metrics(initial, -1)
+            tqdm.write(
+                f"initial policy | heldout avg@{cfg.eval.samples} {initial[f'eval/avg_at_{cfg.eval.samples}']:.3f}"
+            )
         bar = tqdm(range(run.start_step, cfg.steps), desc=run.run_id, unit="it", dynamic_ncols=True)
         for step in bar:
             run.stage_seconds = {}
@@ -88,7 +95,7 @@ def train(
         stages.plots(run.run_id)
         status = "FINISHED"
     finally:
-        live_run(run.run_id).tracker.end(status)
+        run.tracker.end(status)
         release(run.run_id)
     return str(run_dir)
 

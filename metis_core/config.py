@@ -166,6 +166,9 @@ class TrainerConfig(_Section):
 class EvalConfig(_Section):
     every: int = Field(8, ge=0)
     """E: evaluate on the held-out split every E iterations (0 = only at the end)."""
+    at_start: bool = True
+    """Also evaluate the initial policy before the first update (logged at step -1), so every
+    curve has its baseline."""
     samples: int = Field(4, ge=1)
     """k: completions per held-out prompt (avg@k and pass@k)."""
     max_prompts: int = Field(48, gt=0)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from metis_core.algorithms import MAX_VARIANCE
 
-# What constrained decoding forces the judgment to be (vLLM structured outputs, regex).
-JUDGMENT_REGEX = r"\\boxed\{0\.[0-2][0-9]\}"
+# What constrained decoding forces the judgment to be (vLLM structured outputs, regex): exactly
+# 0.00-0.25. A looser 0.[0-2][0-9] let 0.26-0.29 clamp to 0.25 and piled probability on the ceiling.
+JUDGMENT_REGEX = r"\\boxed\{0\.(?:[01][0-9]|2[0-5])\}"
 
 INSTRUCTION = (
     "Before you solve a problem, predict how much your reward on it would vary if you answered it "

@@ -69,7 +69,7 @@ class Run:
 
     # ---- folders and hand-off files -------------------------------------------------------------
     def step_dir(self, step: int) -> Path:
-        return self.run_dir / "steps" / f"{step:06d}"
+        return self.run_dir / "steps" / (f"{step:06d}" if step >= 0 else "initial")
 
     def step_file(self, step: int, name: str) -> Path:
         return self.step_dir(step) / f"{name}.json"

@@ -108,9 +108,12 @@ def evaluate(run_id: str, step: int) -> dict[str, float]:
 
 @_always("checkpoint")
 def checkpoint(run_id: str, step: int) -> str:
+    """Runs after the step's metrics are logged, so it logs its own time."""
     run = live_run(run_id)
     with run.timed("checkpoint"):
-        return str(policy.checkpoint(run, step))
+        path = str(policy.checkpoint(run, step))
+    run.tracker.log_metrics({"time/checkpoint_s": run.stage_seconds["checkpoint"]}, step)
+    return path
 
 
 @_always("log")

@@ -106,6 +106,8 @@ def test_metrics_params_and_artifacts_logged(trained):
     ):
         assert key in run.data.metrics, key
     assert client.get_metric_history(run_id, "cost/rollouts")[-1].value == 2 * B * N
+    # the initial policy is evaluated before any update, at step -1
+    assert [m.step for m in client.get_metric_history(run_id, "eval/avg_at_2")] == [-1, 0, 1]
     assert (
         run.data.metrics["judge/parse_failure_rate"] == 0.0
     )  # constrained decoding parses every judgment

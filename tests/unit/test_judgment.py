@@ -46,10 +46,24 @@ def test_parse_judgment_garbage_is_a_failure(text):
 
 
 def test_constrained_regex_only_admits_parsable_judgments():
-    for sample in ["\\boxed{0.00}", "\\boxed{0.25}", "\\boxed{0.29}"]:
+    for sample in ["\\boxed{0.00}", "\\boxed{0.07}", "\\boxed{0.19}", "\\boxed{0.25}"]:
         assert re.fullmatch(JUDGMENT_REGEX, sample)
         assert parse_judgment(sample).parsed
-    assert not re.fullmatch(JUDGMENT_REGEX, "\\boxed{4.9}")
+    for outside in [
+        "\\boxed{4.9}",
+        "\\boxed{0.26}",
+        "\\boxed{0.29}",
+        "\\boxed{0.3}",
+        "\\boxed{1.00}",
+    ]:
+        assert not re.fullmatch(JUDGMENT_REGEX, outside)
+    # every value the regex admits is inside [0, 0.25], so nothing is clamped onto the ceiling
+    admitted = [
+        f"\\boxed{{0.{i:02d}}}"
+        for i in range(100)
+        if re.fullmatch(JUDGMENT_REGEX, f"\\boxed{{0.{i:02d}}}")
+    ]
+    assert len(admitted) == 26
 
 
 def test_calibration_memory_spreads_over_variance():
