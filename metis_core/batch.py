@@ -161,12 +161,6 @@ def length_buckets(lengths: Sequence[int], max_buckets: int) -> list[list[int]]:
     return buckets[::-1]
 
 
-def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """Log-prob of each next token: logits [N, L, V], input_ids [N, L] -> [N, L-1]."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-
-
 def micro_batch_weight(
     mask: torch.Tensor, total_tokens: float, total_seqs: int, mode: LossAgg
 ) -> float:

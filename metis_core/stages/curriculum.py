@@ -96,9 +96,3 @@ def select(run: Run, step: int, judgments_file: Path) -> Path:
     return write_json(
         run.step_file(step, "selection"), {"prompt_ids": [ids[i] for i in chosen], "warmup": warmup}
     )
-
-
-def judgment_token_count(judgments_file: Path) -> int:
-    return sum(
-        len(c.get("judgment_token_ids", [])) for c in read_json(judgments_file)["candidates"]
-    )

@@ -53,27 +53,23 @@ def verify(run: Run, step: int, rollouts_file: Path, judgments_file: Path) -> Pa
     r = torch.tensor(rewards, dtype=torch.float32)
     variance = realised_variance(r)
     advantages = group_advantages(r)
+    judgments = [judged.get(g["prompt_id"], {}) for g in groups]
+    v_hats = [j.get("v_hat") for j in judgments]
+    parsed = torch.tensor([v is not None for v in v_hats])
+    r_judge = judge_reward(torch.tensor([v or 0.0 for v in v_hats]), variance, parsed)
     result = []
-    for i, g in enumerate(groups):
-        j = judged.get(g["prompt_id"], {})
-        v_hat = j.get("v_hat")
+    for i, (g, j) in enumerate(zip(groups, judgments, strict=True)):
         entry = {
             "prompt_id": g["prompt_id"],
             "rewards": rewards[i],
             "reasons": reasons[i],
             "advantages": advantages[i].tolist(),
             "realised_variance": float(variance[i]),
-            "v_hat": v_hat,
-            "parsed": v_hat is not None,
+            "v_hat": v_hats[i],
+            "parsed": v_hats[i] is not None,
         }
-        if "judgment_token_ids" in j:
-            entry["judge_reward"] = float(
-                judge_reward(
-                    torch.tensor([v_hat or 0.0]),
-                    variance[i : i + 1],
-                    torch.tensor([v_hat is not None]),
-                )[0]
-            )
+        if "judgment_token_ids" in j:  # the sampler judged: this prompt's judgment gets a reward
+            entry["judge_reward"] = float(r_judge[i])
         result.append(entry)
     return write_json(run.step_file(step, "verified"), result)
 

@@ -71,9 +71,6 @@ class Tracker:
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
         self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
 
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
-
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / Path(artifact_file).name

@@ -1,7 +1,7 @@
 import torch
 
 from metis_core.algorithms import agg_loss
-from metis_core.batch import micro_batch_weight, micro_batches, pack_sequences, token_logprobs
+from metis_core.batch import micro_batch_weight, micro_batches, pack_sequences
 
 
 def test_pack_sequences_marks_response_labels():
@@ -10,15 +10,6 @@ def test_pack_sequences_marks_response_labels():
     assert b.attention_mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
     # labels are input_ids[:, 1:]; response tokens 7,8,9 sit at label positions 1..3
     assert b.response_mask.tolist() == [[0, 1, 1, 1], [1, 0, 0, 0]]
-
-
-def test_token_logprobs_gathers_next_tokens():
-    logits = torch.zeros(1, 3, 4)
-    logits[0, 0, 2] = 10.0
-    lp = token_logprobs(logits, torch.tensor([[0, 2, 1]]))
-    assert lp.shape == (1, 2)
-    assert lp[0, 0] > -0.01  # token 2 was nearly certain
-    assert torch.isclose(lp[0, 1], torch.log(torch.tensor(0.25)))
 
 
 def test_weighted_micro_batches_reproduce_whole_batch_aggregation():
