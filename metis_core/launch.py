@@ -21,14 +21,12 @@ log = logging.getLogger(__name__)
 
 
 def configure_runtime_environment() -> None:
-    """Quiet, offline, cached: set before vLLM/DeepSpeed/MLflow import."""
+    """Offline and cached, for everything the run loads; the engine and the tracker set their own
+    library's variables."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
-    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("DS_DISABLE_NINJA_WARNING", "1")
 
 
