@@ -1,0 +1,348 @@
+"""Run model-written Python programs and their tests in a sandbox (stdlib only).
+
+`run_tests(program, tests)` execs `program` once, then each test snippet, in one fresh namespace
+(`__name__ == "__sandbox__"`: `if __name__ == "__main__":` blocks do not run). `isolation()`
+names what this machine gives. Layers:
+1. Always: a child process (`Popen(start_new_session=True)`, no `preexec_fn` as the host is
+   multi-threaded; the child's launcher script does all setup): `python -s -S -B -P` (= `-I -S
+   -B` minus `-E`, which would drop PYTHONHASHSEED=0), an environment built from scratch (PATH,
+   LANG=C.UTF-8, HOME=TMPDIR=workdir) and a fresh temp workdir, removed afterwards. The launcher
+   sets RLIMIT_CPU (SIGXCPU, SIGKILL 1 s later), _AS, _FSIZE, _NPROC, _CORE=0, _NOFILE=64 and
+   PR_SET_NO_NEW_PRIVS; as real root it also clears the capability bounding set and switches to a
+   random uid >= 1.5e9 (not 65534: its system-wide RLIMIT_NPROC count would make concurrent
+   sandboxes fail each other's forks), after pre-importing common stdlib modules (the interpreter
+   may sit under a 0700 /root). User code then runs in that process. The parent enforces the wall
+   clock (SIGKILL to the process group) and reads stdout+stderr, killing past `output_bytes`.
+2. Where `unshare` works (probed once, cached): `unshare --net --mount --pid --ipc --uts --fork
+   --kill-child --mount-proc` (plus `--user --map-root-user` when not root: "namespaces+userns").
+   The launcher makes mounts private, bind-mounts the workdir on itself (nosuid, nodev), remounts
+   every other mount read-only (MS_REMOUNT|MS_BIND|MS_RDONLY over /proc/self/mountinfo, checked
+   with statvfs), then drops privileges (uid switch as real root, else all capabilities). No
+   network interface is up, host processes (and their /proc/<pid>/environ) are invisible, and
+   the PID namespace dies with the sandbox.
+Fallback "rlimits+audit-hook" (no working unshare; force with METIS_SANDBOX=rlimits or `mode=`):
+layer 1 plus a `sys.addaudithook` hook refusing sockets, process creation (fork/exec/spawn/
+system/subprocess, importing `_posixsubprocess`/`ctypes`), writes, deletes, renames, chmod and
+mkdir outside the workdir, links, other pids' /proc entries and signals. An audit hook is much
+weaker than namespaces: Python-level, lexical path checks, bypassable by determined code.
+
+Protocol: the parent sends program, tests and a random nonce as JSON on stdin; a forked worker
+writes `<nonce> <index> ok|fail <error>` right after each test (verdicts survive a later hang or
+kill; printed fakes cannot guess the nonce), its supervisor reports its exit status and CPU time.
+Grading shares the user's process, so code that introspects the launcher (frames, gc) or returns
+objects whose `__eq__` is always true can still cheat: have tests check types too.
+"""
+
+import contextlib
+import functools
+import json
+import math
+import os
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO
+
+__all__ = ["SandboxLimits", "TestsResult", "isolation", "run_tests"]
+
+_NS, _USERNS, _FALLBACK = "namespaces", "namespaces+userns", "rlimits+audit-hook"
+_UNSHARE = ("--net", "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc")
+_MODES = {_NS: _NS, "userns": _USERNS, _USERNS: _USERNS, "rlimits": _FALLBACK, _FALLBACK: _FALLBACK}
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits for one sandboxed run."""
+
+    cpu_seconds: float = 5.0  # RLIMIT_CPU
+    wall_seconds: float = 10.0  # the whole process group / PID namespace is killed after this
+    memory_bytes: int = 512 * 2**20  # RLIMIT_AS
+    file_bytes: int = 4 * 2**20  # RLIMIT_FSIZE
+    processes: int = 16  # RLIMIT_NPROC
+    output_bytes: int = 64 * 1024  # stdout+stderr kept; more than this -> killed
+
+
+@dataclass(frozen=True)
+class TestsResult:
+    """Outcome of `run_tests`."""
+
+    passed: list[bool]  # one per test, in order; tests never reached count as failed
+    reason: str | None  # None when all ran and passed; else why it stopped, or the first failure
+    stdout: str  # user output (stdout+stderr), truncated to output_bytes
+
+
+_LAUNCHER = r"""# metis-sandbox-launcher
+import json, os, resource, sys
+PRELOAD = ("math cmath re itertools functools collections collections.abc string heapq bisect typing json "
+    "random statistics fractions decimal hashlib copy operator datetime time textwrap unicodedata array struct "
+    "dataclasses enum abc io numbers contextlib traceback queue threading base64 binascii zlib pprint calendar "
+    "secrets types warnings weakref ast inspect socket encodings.idna tempfile pathlib shutil glob fnmatch csv").split()
+def main():
+    cfg = json.loads(sys.stdin.buffer.read())
+    fd = os.open("/dev/null", os.O_RDONLY); os.dup2(fd, 0); os.close(fd)
+    nonce, work, mode, uid, lim = cfg["nonce"], cfg["work"], cfg["mode"], cfg["uid"], cfg["limits"]
+    out, write, ns = os.dup(1), os.write, mode != "rlimits+audit-hook"
+    def report(*words):
+        write(out, ("\n%s %s\n" % (nonce, " ".join(map(str, words)))).encode("ascii", "backslashreplace"))
+    try:
+        for name in PRELOAD if ns or uid is not None else (): __import__(name)
+        import ctypes; libc = ctypes.CDLL(None, use_errno=True)
+        def check(rc, what):
+            if rc != 0: raise OSError(ctypes.get_errno(), "%s: %s" % (what, os.strerror(ctypes.get_errno())))
+        if ns: confine(libc, check, work)
+        os.chdir(work)
+        if uid is not None or mode == "namespaces+userns":
+            for cap in range(int(open("/proc/sys/kernel/cap_last_cap").read()) + 1):
+                check(libc.prctl(24, ctypes.c_ulong(cap), 0, 0, 0), "PR_CAPBSET_DROP")
+        for res, soft, hard in (("CPU", lim[0], lim[0] + 1), ("AS", lim[1], lim[1]), ("FSIZE", lim[2], lim[2]),
+                ("NPROC", lim[3], lim[3]), ("CORE", 0, 0), ("NOFILE", 64, 64)):
+            resource.setrlimit(getattr(resource, "RLIMIT_" + res), (soft, hard))
+        if uid is not None: os.setgroups([]); os.setgid(uid); os.setuid(uid)
+        elif mode == "namespaces+userns":
+            libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL; then capset() to all-zero sets
+            check(libc.capset((ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()), "capset")
+        check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
+        if [int(l.split()[1], 16) for l in open("/proc/self/status") if l.startswith("CapEff")] != [0]:
+            raise OSError("capabilities still effective")
+        del libc, check
+        for name in [m for m in sys.modules if m.split(".")[0] in ("ctypes", "_ctypes")]: del sys.modules[name]
+    except Exception as e:
+        report("stop", "sandbox setup failed: %s: %s" % (type(e).__name__, e)); os._exit(70)
+    sys.stdout.flush(); sys.stderr.flush()
+    pid = os.fork()
+    if pid:  # supervisor (PID 1 under namespaces): report how the worker ended
+        _, status, ru = os.wait4(pid, 0)
+        how = "signal %d" % os.WTERMSIG(status) if os.WIFSIGNALED(status) else "code %d" % os.WEXITSTATUS(status)
+        report("exit", how, "%.3f" % (ru.ru_utime + ru.ru_stime)); os._exit(0)
+    if not ns: sys.addaudithook(make_hook(work, os.getpid()))
+    worker(cfg["program"], cfg["tests"], report)
+def confine(libc, check, work):
+    keep = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
+    mount = lambda src, dst, flags: check(libc.mount(src, dst.encode(), None, flags, None), "mount " + dst)
+    mount(None, "/", 16384 | 1 << 18)  # MS_REC | MS_PRIVATE
+    mount(work.encode(), work, 4096)  # MS_BIND
+    rows = [line.split() for line in open("/proc/self/mountinfo")]
+    points = [row[4].encode().decode("unicode_escape") for row in rows]  # \040 -> " "
+    for row, point in zip(rows, points):  # MS_REMOUNT | MS_BIND | (NOSUID | NODEV or RDONLY)
+        flags = 32 | 4096 | (6 if point == work else 1)
+        try: mount(None, point, flags | sum(keep.get(opt, 0) for opt in row[5].split(",")))
+        except OSError: pass  # e.g. a shadowed mount point: the statvfs check below decides
+    for point in points:
+        try: ok = point == work or os.statvfs(point).f_flag & os.ST_RDONLY
+        except OSError: ok = True  # not reachable
+        if not ok: raise RuntimeError("could not make %s read-only" % point)
+def make_hook(work, me):
+    getcwd, readlink, isdir, fsdecode, str_, bytes_, int_ = os.getcwd, os.readlink, os.path.isdir, os.fsdecode, str, bytes, int
+    W = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    deny = frozenset(("socket.connect socket.bind socket.getaddrinfo socket.gethostbyname "
+        "socket.gethostbyaddr socket.sendto socket.sendmsg subprocess.Popen os.system os.exec "
+        "os.fork os.forkpty os.posix_spawn os.spawn ctypes.dlopen ctypes.dlsym os.symlink os.link "
+        "os.killpg sys.settrace sys.setprofile").split())
+    paths = "os.remove os.rmdir os.rename shutil.rmtree os.chmod os.chown os.mkdir os.truncate os.utime os.chflags".split()
+    def norm(p):  # lexical, and only with captured functions: monkeypatching os cannot fool it
+        parts = []
+        p = fsdecode(p) if isinstance(p, bytes_) else p
+        for s in (p if p.startswith("/") else getcwd() + "/" + p).split("/"):
+            if s == "..": parts = parts[:-1]
+            elif s not in ("", "."): parts.append(s)
+        return "/" + "/".join(parts)
+    inside = lambda p: not isinstance(p, int_) and ((q := norm(p)) == work or q.startswith(work + "/"))
+    def at(p, fd):  # the path a dir_fd-relative call really acts on
+        if fd in (None, -1) or isinstance(p, int_) or (p := fsdecode(p)).startswith("/"): return p
+        return readlink("/proc/self/fd/%d" % fd) + "/" + p
+    def hook(event, args):
+        bad = event in deny
+        if event == "import":
+            bad = args[0] in ("_posixsubprocess", "_ctypes", "ctypes")
+        elif event == "open" and isinstance(args[0], (str_, bytes_)):
+            p, mode, flags = norm(args[0]), args[1] or "", args[2] or 0
+            q = p.split("/") + [""]
+            if q[1] == "proc" and (q[2].isdigit() and q[2] != str_(me) or q[2] in ("self", "thread-self")
+                    and q[3] in ("root", "cwd", "fd", "task", "map_files", "exe")):
+                bad = True
+            elif not inside(p):
+                bad = flags & W or any(c in mode for c in "wax+") or isdir(p)
+        elif event in paths:
+            fds = args[2:4] if event == "os.rename" else (None,) if event in ("os.truncate", "os.chflags") else args[-1:]
+            bad = not all(inside(at(p, fd)) for p, fd in zip(args, fds))
+        elif event == "os.kill": bad = args[0] != me
+        elif event == "object.__setattr__":  # e.g. replacing this hook's __code__
+            bad = args[1] in ("__code__", "__defaults__", "__kwdefaults__")
+        if bad: raise PermissionError("sandbox: %s refused" % event)
+    return hook
+def worker(program, tests, report):
+    import builtins
+    me, getpid, _exit = os.getpid(), os.getpid, os._exit
+    ns = {"__builtins__": builtins, "__name__": "__sandbox__"}
+    def flush():
+        for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            try: s.flush()
+            except BaseException: pass
+    def err(e):
+        if isinstance(e, MemoryError): return "MemoryError: memory limit exceeded"
+        try: text = type(e).__name__ + (": %s" % e if str(e) else "")
+        except BaseException: text = type(e).__name__
+        return " ".join(text.split())[:300]
+    def run(src, name):
+        try: exec(compile(src, name, "exec", dont_inherit=True), ns)
+        except BaseException as e: return e
+        finally:
+            if getpid() != me: _exit(0)  # a fork made by the user code: never report
+    e = run(program, "<program>"); flush()
+    if e is not None:  # the tests need the program: stop here
+        why = err(e) if isinstance(e, SyntaxError) else "program raised " + err(e)
+        report("stop", "program called sys.exit(%r)" % (e.code,) if isinstance(e, SystemExit) else why); _exit(0)
+    for i, test in enumerate(tests):
+        e = run(test, "<test %d>" % i)
+        flush(); report(i, "ok" if e is None else "fail " + err(e))
+        if isinstance(e, SystemExit):
+            report("stop", "test %d called sys.exit(%r)" % (i, e.code)); _exit(0)
+    flush(); report("done"); _exit(0)
+main()
+"""
+
+
+@functools.cache
+def _probe() -> str:
+    """The strongest mode that works here (tried once per process)."""
+    candidates = (_NS, _USERNS) if os.geteuid() == 0 else (_USERNS,)
+    for mode in candidates if shutil.which("unshare") else ():
+        if run_tests("x = 1", ["assert x"], mode=mode).reason is None:
+            return mode
+    return _FALLBACK
+
+
+def _resolve(mode: str | None) -> str:
+    if (mode := mode or os.environ.get("METIS_SANDBOX") or "auto") not in (*_MODES, "auto"):
+        raise ValueError(f"unknown sandbox mode {mode!r}; use auto or one of {sorted(_MODES)}")
+    return _probe() if mode == "auto" else _MODES[mode]
+
+
+def isolation() -> str:
+    """The isolation used here: "namespaces", "namespaces+userns" or "rlimits+audit-hook"."""
+    return _resolve(None)
+
+
+def _cleanup(path: str) -> None:
+    if os.geteuid() != 0:  # undo any `chmod 000` left by the program (root ignores modes)
+        subprocess.run(["chmod", "-R", "u+rwX", path], capture_output=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _feed(stdin: IO[bytes], payload: bytes) -> None:
+    with contextlib.suppress(OSError), stdin:  # a child dead before reading is reported later
+        stdin.write(payload)
+
+
+def _collect(proc: subprocess.Popen[bytes], deadline: float, cap: int) -> tuple[bytes, str | None]:
+    """Read the child's output until EOF, the deadline or `cap` bytes; always kills the group."""
+    assert proc.stdout is not None
+    fd, buf, why = proc.stdout.fileno(), bytearray(), None
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if not sel.select(min(left, 0.2)):
+                if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+                    break  # quiet pipe and the leader has exited: stragglers are killed below
+                continue
+            if not (data := os.read(fd, 1 << 16)):
+                break
+            buf += data
+            if len(buf) > cap:
+                why = "output"
+                break
+        else:
+            why = "wall"
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the leader is not reaped yet, so no pid reuse
+    proc.wait()
+    return bytes(buf), why
+
+
+def run_tests(
+    program: str,
+    tests: Sequence[str],
+    limits: SandboxLimits = SandboxLimits(),  # noqa: B008 (frozen, immutable)
+    *,
+    mode: str | None = None,
+) -> TestsResult:
+    """Exec `program`, then each test (a snippet such as "assert f(2) == 4") in the same namespace,
+    each in its own try/except. `mode` (else env METIS_SANDBOX) forces "namespaces", "userns" or
+    "rlimits"; the default "auto" takes the strongest that works here (see the module docstring).
+    """
+    mode, tests, nonce, uid = _resolve(mode), list(tests), secrets.token_hex(16), None
+    work = os.path.realpath(tempfile.mkdtemp(prefix="metis-sandbox-"))
+    if os.geteuid() == 0 and mode != _USERNS:
+        uid = 1_500_000_000 + secrets.randbelow(1 << 24)
+        os.chown(work, uid, uid)
+    cmd = [sys.executable, "-s", "-S", "-B", "-P", "-c", _LAUNCHER]
+    if mode != _FALLBACK:
+        user = ["--user", "--map-root-user"] if mode == _USERNS else []
+        cmd = ["unshare", *user, *_UNSHARE, "--", *cmd]
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work, "TMPDIR": work,
+           "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8"}  # fmt: skip
+    lim = [math.ceil(limits.cpu_seconds), limits.memory_bytes, limits.file_bytes, limits.processes]
+    payload = {"nonce": nonce, "work": work, "mode": mode, "uid": uid, "limits": lim,
+               "program": program, "tests": tests}  # fmt: skip
+    try:
+        start, pipe = time.monotonic(), subprocess.PIPE
+        proc = subprocess.Popen(cmd, stdin=pipe, stdout=pipe, stderr=subprocess.STDOUT, cwd=work,
+                                env=env, start_new_session=True)  # fmt: skip
+        data = json.dumps(payload).encode()
+        threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True).start()
+        cap = limits.output_bytes + 512 * (len(tests) + 8)  # room for the protocol lines
+        raw, why = _collect(proc, start + limits.wall_seconds, cap)
+    finally:
+        _cleanup(work)
+    return _verdict(raw, why, nonce, len(tests), limits, proc.returncode)
+
+
+def _verdict(
+    raw: bytes, why: str | None, nonce: str, n: int, limits: SandboxLimits, returncode: int
+) -> TestsResult:
+    """Split protocol lines from user output and decide the verdicts and the reason."""
+    tag, pos, user = f"\n{nonce} ".encode(), 0, bytearray()
+    verdicts: dict[int, tuple[bool, str]] = {}
+    events: dict[str, str] = {}
+    while (k := raw.find(tag, pos)) != -1:
+        end = raw.find(b"\n", k + len(tag))
+        end = len(raw) if end == -1 else end
+        user += raw[pos:k]
+        head, _, rest = raw[k + len(tag) : end].decode("ascii", "replace").partition(" ")
+        if head.isdigit() and int(head) < n:
+            ok, _, error = rest.partition(" ")
+            verdicts.setdefault(int(head), (ok == "ok", error))
+        else:
+            events.setdefault(head, rest)
+        pos = end + 1
+    user += raw[pos:]
+    passed = [verdicts.get(i, (False, ""))[0] for i in range(n)]
+    stdout = user[: limits.output_bytes].decode("utf-8", "replace")
+    failed = [f"test {i} failed: {e}" for i, (ok, e) in sorted(verdicts.items()) if not ok]
+    status, _, cpu = events.get("exit", "").rpartition(" ")
+    cpu_killed = status == f"signal {signal.SIGKILL}" and float(cpu) >= limits.cpu_seconds
+    if why == "wall":
+        reason = f"timed out after {limits.wall_seconds} s (wall)"
+    elif why == "output" or len(user) > limits.output_bytes:
+        reason = f"output limit exceeded (more than {limits.output_bytes} bytes)"
+    elif "stop" in events:  # setup failure, program failure or sys.exit
+        reason = events["stop"]
+    elif "done" in events:
+        reason = failed[0] if failed else None
+    elif status == f"signal {signal.SIGXCPU}" or cpu_killed:
+        reason = f"killed: CPU time limit ({limits.cpu_seconds} s)"
+    elif status.startswith("signal "):
+        reason = f"killed by {signal.Signals(int(status.split()[1])).name}"
+    elif status:
+        reason = f"program exited ({status}) before the tests finished"
+    else:
+        reason = f"sandbox failed (status {returncode}): {' '.join(stdout.split()[-30:])}"
+    return TestsResult(passed=passed, reason=reason, stdout=stdout)
