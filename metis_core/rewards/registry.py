@@ -23,15 +23,18 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
 
 
 def score_completions(
-    reward: str, completions: Sequence[str], row: dict[str, Any]
+    reward: str, completions: Sequence[str], row: dict[str, Any], mode: str = "discrete"
 ) -> tuple[list[float], list[str | None]]:
-    """Scores in [0, 1] and a failure reason per completion.
+    """Scores in [0, 1] and a failure reason per completion. `mode` is `discrete` or
+    `continuous` (partial credit, for the scorers that have it).
 
     A scorer that raises gives every completion reward 0 and the exception as the reason: the run
     goes on. `None` (not applicable) also counts as 0, with a reason.
     """
+    if reward not in REWARDS:
+        raise KeyError(f"no reward function named {reward!r}; registered: {sorted(REWARDS)}")
     try:
-        raw = REWARDS[reward](list(completions), **row)
+        raw = REWARDS[reward](list(completions), **{**row, "mode": mode})
     except Exception as err:  # the product decides: reward 0, logged reason
         reason = f"{reward} raised {type(err).__name__}: {err}"
         log.warning("reward failed for prompt %s: %s", row.get("prompt_id"), reason)
