@@ -28,15 +28,110 @@ class ModelConfig(_Section):
     """Longest sequence (prompt + completion) the engine accepts."""
 
 
+Source = Literal["reasoning_gym", "code", "code_file", "bfcl", "humaneval"]
+Domain = Literal["math", "code", "function_calling"]
+SOURCE_DOMAIN: dict[str, str] = {
+    "reasoning_gym": "math",
+    "code": "code",
+    "code_file": "code",
+    "humaneval": "code",
+    "bfcl": "function_calling",
+}
+
+
 class TaskSpec(_Section):
-    name: str
-    """A reasoning-gym dataset name, e.g. `chain_sum`."""
-    size: int = Field(gt=0)
-    """How many problems this generator contributes to the pool (train + held-out)."""
+    source: Source = "reasoning_gym"
+    """Where the prompts come from. `reasoning_gym`: math, `name` is the dataset (chain_sum, gcd,
+    ...). `code`: metis's procedural Python function tasks, `params.difficulty` 1-3. `code_file`:
+    `name` is a json/jsonl/csv/parquet file with `prompt` and `tests` columns. `bfcl`: `name` is a
+    BFCL v4 category (live_simple, live_multiple, simple_python, multiple, parallel, ...).
+    `humaneval`: the 164 HumanEval problems (`name` is ignored; meant for evaluation)."""
+    name: str = ""
+    """The dataset, file or category within the source (see `source`)."""
+    size: int | None = Field(None, gt=0)
+    """How many prompts this entry contributes (train + held-out). Required for the generators
+    (`reasoning_gym`, `code`); for fixed datasets a seeded subset, all when unset."""
     params: dict[str, Any] = {}
-    """Keyword arguments for the reasoning-gym generator (its difficulty knobs)."""
-    difficulty: str = "default"
-    """A label stored with every prompt; metrics can be split by it."""
+    """Keyword arguments of the generator (its difficulty knobs)."""
+    difficulty: str | None = None
+    """A label stored with every prompt (metrics can be split by it); unset: the source's own."""
+
+    @property
+    def domain(self) -> str:
+        return SOURCE_DOMAIN[self.source]
+
+    @model_validator(mode="after")
+    def _needs(self) -> TaskSpec:
+        if self.source in ("reasoning_gym", "code") and self.size is None:
+            raise ValueError(f"source {self.source!r} generates prompts: give `size`")
+        if self.source in ("reasoning_gym", "code_file", "bfcl") and not self.name:
+            raise ValueError(f"source {self.source!r} needs `name` (see docs/configs.md)")
+        return self
+
+
+class DomainConfig(_Section):
+    system_prompt: str
+    """System message of this domain's task prompts."""
+    assistant_prefill: str = ""
+    """Text the assistant turn starts with (a row's own `prefill`, e.g. a code header, wins)."""
+    max_tokens: int = Field(gt=0)
+    """Longest completion, in tokens."""
+    stop: list[str] = []
+    """Stop strings; a completion ends at the first one."""
+    reward_mode: Literal["discrete", "continuous"] = "discrete"
+    """`discrete`: 1 right / 0 wrong. `continuous`: partial credit (share of tests passed, share
+    of the expected call's name and arguments that match). Math answers are always discrete."""
+
+
+class MathDomain(DomainConfig):
+    system_prompt: str = "Solve the problem. Reply with the final answer only."
+    """System message of math prompts."""
+    assistant_prefill: str = "The answer is "
+    """Makes a short answer format easy to learn for a small model."""
+    max_tokens: int = Field(24, gt=0)
+    """Longest math completion, in tokens."""
+    stop: list[str] = ["\n"]
+    """The answer is one line."""
+
+
+class CodeDomain(DomainConfig):
+    system_prompt: str = (
+        "Complete the Python function. Write only the body of the function inside the code block."
+    )
+    """System message of code prompts; the assistant turn starts inside a code block after the
+    function's header and docstring (the row's prefill)."""
+    max_tokens: int = Field(128, gt=0)
+    """Longest function body, in tokens."""
+    stop: list[str] = ["```", "\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert "]
+    """HumanEval's stop markers (code at column 0 after the body) plus the closing fence."""
+    reward_mode: Literal["discrete", "continuous"] = "continuous"
+    """Continuous: the share of hidden tests passed; discrete: all pass."""
+
+
+class FunctionCallingDomain(DomainConfig):
+    system_prompt: str = (
+        "You are an expert in composing functions. Answer with the function call(s) only, in the "
+        "format [func_name(param=value, ...)]."
+    )
+    """System message of function-calling prompts (the function docs are in the user message)."""
+    assistant_prefill: str = "["
+    """The call list starts with `[`: the format is learnable from the first token."""
+    max_tokens: int = Field(64, gt=0)
+    """Longest call list, in tokens."""
+    stop: list[str] = ["\n"]
+    """The call list is one line."""
+    reward_mode: Literal["discrete", "continuous"] = "continuous"
+    """Continuous: the share of expected function names and arguments matched; discrete: BFCL's
+    AST checker's verdict."""
+
+
+class DomainsConfig(_Section):
+    math: MathDomain = MathDomain()
+    """Arithmetic and math word problems."""
+    code: CodeDomain = CodeDomain()
+    """Python function completion checked by hidden tests in the sandbox."""
+    function_calling: FunctionCallingDomain = FunctionCallingDomain()
+    """BFCL function calls checked by BFCL's AST checker."""
 
 
 class DataConfig(_Section):
@@ -70,16 +165,20 @@ class DataConfig(_Section):
     """reasoning-gym generators that make up the pool, mixed so some prompts are too easy and
     some too hard for the model."""
     file: str | None = None
-    """Instead of generators: any `datasets`-loadable file (json/jsonl/csv/parquet) with
-    `prompt` and `answer` columns (optional `difficulty`)."""
+    """Instead of `tasks`: a math pool from any `datasets`-loadable file (json/jsonl/csv/parquet)
+    with `prompt` and `answer` columns (optional `task`, `difficulty`)."""
+    domain_weights: dict[Domain, float] = {}
+    """Share of each iteration's candidates drawn from each domain, e.g. `{math: 0.5, code: 0.25,
+    function_calling: 0.25}`; empty: every training prompt equally likely."""
+    domains: DomainsConfig = DomainsConfig()
+    """Prompt format, decoding limits and reward mode of each domain."""
+    max_prompt_tokens: int = Field(768, gt=0)
+    """Prompts longer than this (chat-formatted, in tokens) are left out of the pool, with a
+    count in the log (some BFCL function docs run to thousands of tokens)."""
     heldout_fraction: float = Field(0.12, gt=0, lt=1)
     """Share of the pool held out for evaluation (disjoint from training prompts)."""
     seed: int = 0
     """Seed of the generators and of the train/held-out split."""
-    system_prompt: str = "Solve the problem. Reply with the final answer only."
-    """System message of every task prompt."""
-    assistant_prefill: str = "The answer is "
-    """Text the assistant turn starts with; it makes a short answer format easy to learn."""
 
 
 class RolloutConfig(_Section):
@@ -89,10 +188,6 @@ class RolloutConfig(_Section):
     """Sampling temperature of rollouts."""
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling mass of rollouts (1 = off)."""
-    max_tokens: int = Field(24, gt=0)
-    """Longest completion, in tokens."""
-    stop: list[str] = ["\n"]
-    """Stop strings; a completion ends at the first one."""
 
 
 class JudgeConfig(_Section):
@@ -209,11 +304,24 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
-        if self.data.file is None and not self.data.tasks:
+        data = self.data
+        if data.file is None and not data.tasks:
             raise ValueError("data: give either `file` or at least one entry in `tasks`")
-        if self.data.file is None:
-            pool = sum(t.size for t in self.data.tasks)
-            train = pool - max(1, round(pool * self.data.heldout_fraction))
+        domains = {"math"} if data.file else {t.domain for t in data.tasks}
+        for name, weight in data.domain_weights.items():
+            if weight < 0:
+                raise ValueError(f"data.domain_weights.{name} must be >= 0, got {weight}")
+            if name not in domains:
+                raise ValueError(
+                    f"data.domain_weights names {name!r}, but no entry in data.tasks is of that "
+                    f"domain (the pool has {sorted(domains)})"
+                )
+        if data.domain_weights and not any(data.domain_weights.values()):
+            raise ValueError("data.domain_weights: at least one weight must be > 0")
+        sizes = [t.size for t in data.tasks]
+        if data.file is None and None not in sizes:  # fixed datasets are checked once loaded
+            pool = sum(s for s in sizes if s is not None)
+            train = pool - max(1, round(pool * data.heldout_fraction))
             if self.curriculum.batch_prompts > train:
                 raise ValueError(
                     f"curriculum.batch_prompts (B={self.curriculum.batch_prompts}) is larger than "
@@ -225,11 +333,24 @@ class RunConfig(_Section):
                     f"{self.curriculum.batch_prompts} exceeds the {train} training prompts; "
                     "lower curriculum.pool_multiplier"
                 )
-        if self.rollout.max_tokens + self.judge.candidate_max_tokens >= self.model.max_model_len:
-            raise ValueError(
-                "model.max_model_len is too small for rollout.max_tokens plus the prompt"
-            )
+        for name in sorted(domains):
+            longest = getattr(data.domains, name).max_tokens
+            if longest + data.max_prompt_tokens > self.model.max_model_len:
+                raise ValueError(
+                    f"model.max_model_len ({self.model.max_model_len}) is smaller than "
+                    f"data.max_prompt_tokens ({data.max_prompt_tokens}) plus "
+                    f"data.domains.{name}.max_tokens ({longest}); raise it or lower those"
+                )
         return self
+
+    def domains_in_use(self) -> list[str]:
+        """The domains the pool draws from, in a fixed order."""
+        used = {"math"} if self.data.file else {t.domain for t in self.data.tasks}
+        return [d for d in ("math", "code", "function_calling") if d in used]
+
+    def domain(self, name: str) -> DomainConfig:
+        """Prompt format, decoding limits and reward mode of one domain."""
+        return getattr(self.data.domains, name)
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -20,9 +20,10 @@ JUDGMENT_REGEX = r"\\boxed\{0\.(?:[01][0-9]|2[0-5])\}"
 
 INSTRUCTION = (
     "Before you solve a problem, predict how much your reward on it would vary if you answered it "
-    "many times. Reward is 1 for a correct answer and 0 for a wrong one. The spread is p*(1-p), "
-    "where p is how often you would be right: 0.00 if you are always right or always wrong, "
-    "0.25 if you are right half the time. Reply with the spread only, as \\boxed{0.dd}."
+    "many times. Reward is 1 for a correct answer and 0 for a wrong one, with partial credit in "
+    "between for code and function calls. The spread is the variance of your reward: 0.00 if you "
+    "always get the same reward, up to 0.25 if you are right half the time. Reply with the "
+    "spread only, as \\boxed{0.dd}."
 )
 
 _BOXED = re.compile(r"\\boxed\{\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\}")

@@ -11,9 +11,9 @@ from datasets import Dataset
 
 from metis_core.algorithms import MovingAverageBaseline
 from metis_core.config import RunConfig
-from metis_core.data.pool import build_pool
+from metis_core.data.pool import DatasetError, build_pool
 from metis_core.model.weights import cache_dir, resolve_model
-from metis_core.run import Run, new_sampler, read_json, trains_judge, write_json
+from metis_core.run import Run, new_sampler, read_json, task_prompt_ids, trains_judge, write_json
 from metis_core.store.outcomes import OutcomeStore
 from metis_core.tracking.mlflow_tracker import Tracker, default_tracking_uri
 
@@ -35,13 +35,28 @@ def new_run_id(cfg: RunConfig) -> str:
 
 
 def prepare_run_dir(cfg: RunConfig, run_id: str | None = None) -> Path:
-    """Create the run folder with its resolved config and pool; return it. Cheap: no model loads."""
+    """Create the run folder with its resolved config and pool; return it. Loads only the
+    tokenizer (to leave out prompts longer than data.max_prompt_tokens); a bad pool raises
+    before any folder is made."""
     run_id = run_id or new_run_id(cfg)
     run_dir = Path(cfg.output_dir) / run_id
+    if (run_dir / "pool.parquet").is_file():
+        return run_dir
+    from transformers import AutoTokenizer
+
+    configure_runtime_environment()
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(cfg.model.path)))
+    pool = build_pool(cfg.data, lambda row: len(task_prompt_ids(cfg, tokenizer, row)))
+    train = sum(split == "train" for split in pool["split"])
+    needed = cfg.curriculum.batch_prompts * cfg.curriculum.pool_multiplier
+    if train < needed:
+        raise DatasetError(
+            f"the training split has {train} prompts, fewer than the m*B = {needed} candidates "
+            "an iteration draws; add data.tasks or lower curriculum.pool_multiplier"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(cfg.to_json())
-    if not (run_dir / "pool.parquet").is_file():
-        build_pool(cfg.data).to_parquet(str(run_dir / "pool.parquet"))
+    pool.to_parquet(str(run_dir / "pool.parquet"))
     return run_dir
 
 
@@ -83,7 +98,7 @@ def open_run(run_dir: Path) -> Run:
         cfg.trainer,
         rollouts_per_step=B * cfg.rollout.n,
         judgments_per_step=B if trains_judge(cfg, sampler) else 0,
-        max_response_tokens=cfg.rollout.max_tokens,
+        max_response_tokens=max(cfg.domain(d).max_tokens for d in cfg.domains_in_use()),
     )
     run = Run(
         cfg=cfg,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from metis_core.algorithms import pass_at_k
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -45,3 +47,44 @@ def judge_quality(
         "judge/mean_v": float(np.mean(vv)) if ok else math.nan,
         "judge/parse_failure_rate": 1.0 - len(ok) / len(parsed) if parsed else math.nan,
     }
+
+
+def spread_over_domains(rows: list[dict], limit: int) -> list[dict]:
+    """Up to `limit` rows, taken round-robin across domains so each gets its share."""
+    by_domain: dict[str, list[dict]] = {}
+    for row in rows:
+        by_domain.setdefault(row.get("domain") or "math", []).append(row)
+    queues = [iter(by_domain[d]) for d in sorted(by_domain)]
+    picked: list[dict] = []
+    while queues and len(picked) < limit:
+        for q in list(queues):
+            row = next(q, None)
+            if row is None:
+                queues.remove(q)
+            elif len(picked) < limit:
+                picked.append(row)
+    return picked
+
+
+def accuracy_metrics(results: list[dict], k: int, prefix: str) -> dict[str, float]:
+    """avg@k, pass@1 and pass@k over `results` (each with `scores`, `domain`, `task`), overall,
+    per domain and per task. A sample counts as correct for pass@ when its reward is 1."""
+
+    def block(name: str, subset: list[dict]) -> dict[str, float]:
+        correct = [sum(s >= 1.0 for s in r["scores"]) for r in subset]
+        return {
+            f"{name}/avg_at_{k}": _mean(sum(r["scores"]) / len(r["scores"]) for r in subset),
+            f"{name}/pass_at_1": _mean(pass_at_k(k, c, 1) for c in correct),
+            f"{name}/pass_at_{k}": _mean(pass_at_k(k, c, k) for c in correct),
+        }
+
+    metrics = block(prefix, results)
+    for key in ("domain", "task"):
+        for value in sorted({r[key] for r in results}):
+            metrics |= block(f"{prefix}/{value}", [r for r in results if r[key] == value])
+    return metrics
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else math.nan

@@ -27,6 +27,7 @@ import numpy as np
 
 from metis_core.algorithms import MovingAverageBaseline
 from metis_core.config import RunConfig
+from metis_core.domains import task_chat
 from metis_core.samplers import Sampler, make_sampler
 
 log = logging.getLogger(__name__)
@@ -105,18 +106,10 @@ class Run:
         return self._train_by_id[prompt_id]
 
     def task_prompt_ids(self, row: dict[str, Any]) -> list[int]:
-        """Chat-formatted task prompt (system + problem + assistant prefill) as token ids."""
+        """Chat-formatted task prompt (the domain's system prompt + problem + prefill) as ids."""
         pid = row["prompt_id"]
         if pid not in self._prompt_tokens:
-            messages = [
-                {"role": "system", "content": self.cfg.data.system_prompt},
-                {"role": "user", "content": row["prompt"]},
-            ]
-            text = self.engine.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-            text += self.cfg.data.assistant_prefill
-            self._prompt_tokens[pid] = self.engine.tokenizer.encode(text, add_special_tokens=False)
+            self._prompt_tokens[pid] = task_prompt_ids(self.cfg, self.engine.tokenizer, row)
         return self._prompt_tokens[pid]
 
     def truncate(self, text: str, max_tokens: int) -> str:
@@ -141,6 +134,12 @@ class Run:
         self.baseline.load_state_dict(state["judge_baseline"])
         self.totals = dict(state.get("totals", {}))
         self.start_step = int(state["step"]) + 1
+
+
+def task_prompt_ids(cfg: RunConfig, tokenizer: Any, row: dict[str, Any]) -> list[int]:
+    messages, prefill = task_chat(cfg, row)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.encode(text + prefill, add_special_tokens=False)
 
 
 def new_sampler(cfg: RunConfig) -> Sampler:

@@ -42,14 +42,14 @@ def _always(stage: str):
 
 
 @_always("history")
-def history(run_id: str, step: int) -> list[CalibrationExample]:
+def history(run_id: str, step: int) -> dict[str, list[CalibrationExample]]:
     run = live_run(run_id)
     with run.timed("history"):
         return curriculum.history(run, step)
 
 
 @_cached("judge")
-def judge(run_id: str, step: int, memory: list[CalibrationExample]) -> str:
+def judge(run_id: str, step: int, memory: dict[str, list[CalibrationExample]]) -> str:
     run = live_run(run_id)
     with run.timed("judge"):
         return str(curriculum.judge(run, step, memory))

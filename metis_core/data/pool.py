@@ -1,22 +1,37 @@
-"""The prompt pool: reasoning-gym generators (or any `datasets`-loadable file) -> HF Dataset.
+"""The prompt pool: every `data.tasks` entry (math generators, code tasks, BFCL) -> HF Dataset.
 
 Every row: prompt_id (a hash of task + prompt + answer, stable across runs and machines), prompt,
-answer, task, difficulty, metadata (JSON), split ("train" or "heldout"). The held-out split is
-chosen by the prompt id's hash, so it stays disjoint and stable when the pool grows.
+answer, task, difficulty, metadata (JSON), domain, reward (the scorer's name), split ("train" or
+"heldout"). The held-out split is chosen by the prompt id's hash, so it stays disjoint and stable
+when the pool grows. The domain loaders live in metis_core/domains/.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from datasets import Dataset, load_dataset
+from datasets import Dataset
 
-from metis_core.config import DataConfig
+from metis_core.config import DataConfig, TaskSpec
+from metis_core.data.files import load_table
 
-COLUMNS = ("prompt_id", "prompt", "answer", "task", "difficulty", "metadata", "split")
-_FILE_LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+COLUMNS = (
+    "prompt_id",
+    "prompt",
+    "answer",
+    "task",
+    "difficulty",
+    "metadata",
+    "domain",
+    "reward",
+    "split",
+)
+log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -32,45 +47,68 @@ def _split_of(pid: str, heldout_fraction: float, seed: int) -> str:
     return "heldout" if h < heldout_fraction else "train"
 
 
-def _generated_rows(cfg: DataConfig) -> list[dict[str, str]]:
+def _reasoning_gym_rows(spec: TaskSpec, seed: int) -> list[dict[str, str]]:
     import reasoning_gym
 
+    from metis_core.rewards.arithmetic import reward_for_task
+
+    generator = reasoning_gym.create_dataset(spec.name, size=spec.size, seed=seed, **spec.params)
+    rows = []
+    for entry in generator:
+        meta = dict(entry.get("metadata", {}))
+        meta.setdefault("source_dataset", spec.name)
+        rows.append(
+            {
+                "prompt": entry["question"],
+                "answer": str(entry["answer"]),
+                "task": spec.name,
+                "difficulty": "default",
+                "metadata": json.dumps(meta, default=str),
+                "domain": "math",
+                "reward": reward_for_task(spec.name),
+            }
+        )
+    return rows
+
+
+def _spec_rows(spec: TaskSpec, seed: int) -> list[dict[str, str]]:
+    """The rows of one `data.tasks` entry, from the domain loader its source names."""
+    if spec.source == "reasoning_gym":
+        return _reasoning_gym_rows(spec, seed)
+    if spec.source == "code":
+        from metis_core.domains.code import procedural_rows
+
+        return procedural_rows(spec.size or 0, seed=seed, **spec.params)
+    if spec.source == "code_file":
+        from metis_core.domains.code import file_rows
+
+        return file_rows(spec.name)[: spec.size]
+    if spec.source == "humaneval":
+        from metis_core.domains.code import humaneval_rows
+
+        return humaneval_rows(spec.size, seed=seed)
+    from metis_core.domains.function_calling import bfcl_rows
+
+    return bfcl_rows(spec.name, limit=spec.size, seed=seed, **spec.params)
+
+
+def _generated_rows(cfg: DataConfig) -> list[dict[str, str]]:
     rows = []
     for i, spec in enumerate(cfg.tasks):
         try:
-            generator = reasoning_gym.create_dataset(
-                spec.name, size=spec.size, seed=cfg.seed + 1000 * i, **spec.params
-            )
-        except Exception as err:  # reasoning-gym raises assorted errors for bad knobs
-            raise DatasetError(f"data.tasks[{i}] ({spec.name}, {spec.params}): {err}") from err
-        for entry in generator:
-            meta = dict(entry.get("metadata", {}))
-            meta.setdefault("source_dataset", spec.name)
-            rows.append(
-                {
-                    "prompt": entry["question"],
-                    "answer": str(entry["answer"]),
-                    "task": spec.name,
-                    "difficulty": spec.difficulty,
-                    "metadata": json.dumps(meta, default=str),
-                }
-            )
+            spec_rows = _spec_rows(spec, cfg.seed + 1000 * i)
+        except Exception as err:  # generators raise assorted errors for bad knobs or files
+            raise DatasetError(
+                f"data.tasks[{i}] ({spec.source}: {spec.name or '-'}, {spec.params}): {err}"
+            ) from err
+        for row in spec_rows:
+            rows.append({**row, "difficulty": spec.difficulty or row["difficulty"]})
     return rows
 
 
 def _file_rows(path: str) -> list[dict[str, str]]:
     file = Path(path)
-    if not file.is_file():
-        raise DatasetError(f"data.file not found: {file}")
-    loader = _FILE_LOADERS.get(file.suffix)
-    if loader is None:
-        raise DatasetError(f"data.file {file}: use one of {sorted(_FILE_LOADERS)}")
-    table = load_dataset(loader, data_files=str(file), split="train")
-    missing = {"prompt", "answer"} - set(table.column_names)
-    if missing:
-        raise DatasetError(
-            f"data.file {file}: missing column(s) {sorted(missing)}; found {table.column_names}"
-        )
+    table = load_table(file, {"prompt", "answer"}, DatasetError, "data.file")
     rows = []
     for i, row in enumerate(table):
         prompt, answer = row["prompt"], row["answer"]
@@ -87,16 +125,28 @@ def _file_rows(path: str) -> list[dict[str, str]]:
                 "task": str(row.get("task") or "file"),
                 "difficulty": str(row.get("difficulty") or "default"),
                 "metadata": json.dumps({}),
+                "domain": "math",
+                "reward": "math_verify",
             }
         )
     return rows
 
 
-def build_pool(cfg: DataConfig) -> Dataset:
-    """The whole pool, deduplicated by prompt id, with its train/held-out split column."""
+def build_pool(
+    cfg: DataConfig, count_tokens: Callable[[dict[str, Any]], int] | None = None
+) -> Dataset:
+    """The whole pool, deduplicated by prompt id, with its train/held-out split column.
+
+    With `count_tokens` (a row -> its chat-formatted prompt length), rows longer than
+    `data.max_prompt_tokens` are left out and counted in the log.
+    """
     rows = _file_rows(cfg.file) if cfg.file else _generated_rows(cfg)
     seen: dict[str, dict[str, str]] = {}
+    too_long: dict[str, int] = {}
     for row in rows:
+        if count_tokens is not None and count_tokens(row) > cfg.max_prompt_tokens:
+            too_long[row["task"]] = too_long.get(row["task"], 0) + 1
+            continue
         pid = prompt_id(row["task"], row["prompt"], row["answer"])
         if pid not in seen:
             seen[pid] = {
@@ -104,6 +154,12 @@ def build_pool(cfg: DataConfig) -> Dataset:
                 **row,
                 "split": _split_of(pid, cfg.heldout_fraction, cfg.seed),
             }
+    if too_long:
+        log.warning(
+            "left out prompts longer than data.max_prompt_tokens=%d: %s",
+            cfg.max_prompt_tokens,
+            ", ".join(f"{t} {n}" for t, n in sorted(too_long.items())),
+        )
     pool = Dataset.from_list(list(seen.values()))
     if pool.num_rows == 0:
         raise DatasetError("the prompt pool is empty")

@@ -34,6 +34,35 @@ def top_b(
     return [int(i) for i in chosen]
 
 
+def domain_quota(size: int, weights: dict[str, float], available: dict[str, int]) -> dict[str, int]:
+    """How many of `size` candidates each domain contributes, in proportion to its weight.
+
+    Largest-remainder rounding. A domain with fewer prompts than its share gives all it has and
+    the rest is shared among the others by weight; zero-weight domains give only when every
+    weighted one is exhausted. Raises if the domains together hold fewer than `size` prompts.
+    """
+    if sum(available.values()) < size:
+        raise ValueError(f"cannot draw {size} candidates from {sum(available.values())} prompts")
+    quota = dict.fromkeys(available, 0)
+    left = size
+    while left > 0:
+        room = [d for d in sorted(available) if quota[d] < available[d]]
+        weighted = [d for d in room if weights.get(d, 0) > 0]
+        share_of = {d: weights[d] for d in weighted} if weighted else dict.fromkeys(room, 1.0)
+        total = sum(share_of.values())
+        share = {d: left * w / total for d, w in share_of.items()}
+        give = {d: min(int(share[d]), available[d] - quota[d]) for d in share}
+        rest = left - sum(give.values())
+        for d in sorted(share, key=lambda d: int(share[d]) - share[d]):  # largest remainder first
+            if rest and quota[d] + give[d] < available[d]:
+                give[d] += 1
+                rest -= 1
+        for d, g in give.items():
+            quota[d] += g
+        left -= sum(give.values())
+    return {d: q for d, q in quota.items() if q}
+
+
 class Sampler:
     """Base curriculum. Subclasses set `name`, and `needs_judgment` if they use the policy's v_hat."""
 

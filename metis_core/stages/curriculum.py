@@ -12,30 +12,55 @@ from metis_core.judgment import (
     parse_judgment,
 )
 from metis_core.run import Run, read_json, write_json
+from metis_core.samplers.base import domain_quota
 
 
-def history(run: Run, step: int) -> list[CalibrationExample]:
-    """The calibration memory: K recent training outcomes spread over their range of variance.
+def history(run: Run, step: int) -> dict[str, list[CalibrationExample]]:
+    """The calibration memory of each domain: K recent training outcomes spread over their range
+    of variance.
 
-    Before any history exists (step 0) the memory is empty; see `select` for what that means.
+    Across domains: a candidate sees K examples from its own domain when that domain's recent
+    history (the last `judge.memory_window` outcomes of it) has K, topped up from the recent
+    history of all domains when it has fewer; so early in a mixed run the judge still sees K
+    examples, and later it calibrates on outcomes of its own kind (code variances are not
+    arithmetic ones). Before any history exists (step 0) every memory is empty; see `select`.
     """
-    recent = run.store.recent_variances(run.run_id, step, run.cfg.judge.memory_window)
-    return calibration_memory(
-        [CalibrationExample(p, v) for p, v, _ in recent], run.cfg.judge.k_examples
-    )
+    k, window = run.cfg.judge.k_examples, run.cfg.judge.memory_window
+
+    def examples(domain: str | None) -> list[CalibrationExample]:
+        recent = run.store.recent_variances(run.run_id, step, window, domain)
+        return [CalibrationExample(p, v) for p, v, _ in recent]
+
+    shared = calibration_memory(examples(None), k)
+    memories = {}
+    for domain in run.cfg.domains_in_use():
+        own = calibration_memory(examples(domain), k)
+        memories[domain] = own + [e for e in shared if e not in own][: k - len(own)]
+    return memories
 
 
 def draw_candidates(run: Run, step: int) -> list[dict]:
-    """C_t: m * B prompts drawn uniformly from the training split (seeded by step)."""
+    """C_t: m * B prompts drawn uniformly from the training split (seeded by step); with
+    `data.domain_weights`, each domain's share of them is fixed by its weight."""
     train = run.rows("train")
-    size = run.cfg.curriculum.batch_prompts * run.cfg.curriculum.pool_multiplier
-    picks = run.rng(step, "candidates").choice(
-        len(train), size=min(size, len(train)), replace=False
-    )
-    return [train[int(i)] for i in picks]
+    size = min(run.cfg.curriculum.batch_prompts * run.cfg.curriculum.pool_multiplier, len(train))
+    rng = run.rng(step, "candidates")
+    weights = run.cfg.data.domain_weights
+    if not weights:
+        return [train[int(i)] for i in rng.choice(len(train), size=size, replace=False)]
+    by_domain: dict[str, list[dict]] = {}
+    for row in train:
+        by_domain.setdefault(row["domain"], []).append(row)
+    available = {d: len(rows) for d, rows in by_domain.items()}
+    quota = domain_quota(size, {d: weights.get(d, 0.0) for d in available}, available)
+    picks = []
+    for domain in sorted(quota):
+        rows = by_domain[domain]
+        picks += [rows[int(i)] for i in rng.choice(len(rows), size=quota[domain], replace=False)]
+    return picks
 
 
-def judge(run: Run, step: int, memory: list[CalibrationExample]) -> Path:
+def judge(run: Run, step: int, memory: dict[str, list[CalibrationExample]]) -> Path:
     """The policy predicts v_hat for every candidate (for samplers that ask for judgments).
 
     Writes judgments.json: per candidate its id, v_hat (None when unparsable), the judgment text,
@@ -49,7 +74,11 @@ def judge(run: Run, step: int, memory: list[CalibrationExample]) -> Path:
         prompts = []
         for c in candidates:
             messages = judgment_messages(
-                c["prompt"], memory, run.truncate, cfg.example_max_tokens, cfg.candidate_max_tokens
+                c["prompt"],
+                memory[c["domain"]],
+                run.truncate,
+                cfg.example_max_tokens,
+                cfg.candidate_max_tokens,
             )
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             prompts.append(tok.encode(text, add_special_tokens=False))
@@ -68,8 +97,9 @@ def judge(run: Run, step: int, memory: list[CalibrationExample]) -> Path:
                 prompt_token_ids=prompt,
                 judgment_token_ids=out.token_ids,
             )
+    memory_size = min(len(memory[c["domain"]]) for c in candidates)
     return write_json(
-        run.step_file(step, "judgments"), {"memory_size": len(memory), "candidates": rows}
+        run.step_file(step, "judgments"), {"memory_size": memory_size, "candidates": rows}
     )
 
 

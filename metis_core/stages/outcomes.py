@@ -7,9 +7,8 @@ from pathlib import Path
 import torch
 
 from metis_core.algorithms import group_advantages, judge_reward, realised_variance
-from metis_core.rewards import score_completions
-from metis_core.rewards.arithmetic import reward_for_task
 from metis_core.run import Run, read_json, write_json
+from metis_core.stages.generation import generate_for_rows, score_row
 
 
 def rollout(run: Run, step: int, selection_file: Path) -> Path:
@@ -17,13 +16,14 @@ def rollout(run: Run, step: int, selection_file: Path) -> Path:
     cfg = run.cfg.rollout
     selected = [run.train_row(pid) for pid in read_json(selection_file)["prompt_ids"]]
     prompts = [run.task_prompt_ids(row) for row in selected]
-    groups = run.engine.generate(
+    groups = generate_for_rows(
+        run.engine,
+        run.cfg,
+        selected,
         prompts,
         n=cfg.n,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
-        max_tokens=cfg.max_tokens,
-        stop=cfg.stop,
     )
     out = [
         {
@@ -45,9 +45,7 @@ def verify(run: Run, step: int, rollouts_file: Path, judgments_file: Path) -> Pa
     rewards, reasons = [], []
     for g in groups:
         row = run.train_row(g["prompt_id"])
-        scores, why = score_completions(
-            reward_for_task(row["task"]), [c["text"] for c in g["completions"]], row
-        )
+        scores, why = score_row(run.cfg, row, [c["text"] for c in g["completions"]])
         rewards.append(scores)
         reasons.append(why)
     r = torch.tensor(rewards, dtype=torch.float32)
@@ -85,7 +83,7 @@ def record(
         [
             {
                 k: run.train_row(v["prompt_id"])[k]
-                for k in ("prompt_id", "prompt", "answer", "task", "difficulty")
+                for k in ("prompt_id", "prompt", "answer", "task", "difficulty", "domain")
             }
             for v in verified
         ]
@@ -138,6 +136,12 @@ def record(
     totals["judgment_tokens"] = totals.get("judgment_tokens", 0) + sum(
         r["tokens"] for r in judgment_rows
     )
+    for r in outcome_rows:  # the same spend, per domain
+        domain = run.train_row(r["prompt_id"])["domain"]
+        totals[f"{domain}/rollouts"] = totals.get(f"{domain}/rollouts", 0) + 1
+        totals[f"{domain}/generated_tokens"] = (
+            totals.get(f"{domain}/generated_tokens", 0) + r["completion_tokens"]
+        )
     return {
         "outcomes": run.store.record_outcomes(outcome_rows),
         "judgments": run.store.record_judgments(judgment_rows),

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 
-from metis_core.algorithms import pass_at_k
-from metis_core.rewards import score_completions
-from metis_core.rewards.arithmetic import reward_for_task
+from metis_core.metrics import accuracy_metrics, spread_over_domains
 from metis_core.run import Run, read_json, trains_judge, write_json
+from metis_core.stages.generation import generate_for_rows, score_row
 from metis_core.trainer.policy_trainer import JudgmentBatch, RolloutBatch
 
 SYNC_PROBE = "Sync probe: 12 + 30 = 42."
@@ -67,42 +65,29 @@ def sync(run: Run, step: int) -> dict[str, float]:
 
 
 def evaluate(run: Run, step: int) -> dict[str, float]:
-    """Held-out accuracy: avg@k (mean reward over k samples) and pass@k, overall and per task."""
+    """Held-out accuracy: avg@k (mean reward over k samples), pass@1 and pass@k (unbiased), over
+    all held-out prompts, per domain and per task. The prompts are spread evenly over the domains."""
     cfg = run.cfg.eval
-    rows = run.rows("heldout")[: cfg.max_prompts]
-    prompts = [run.task_prompt_ids(r) for r in rows]
+    rows = spread_over_domains(run.rows("heldout"), cfg.max_prompts)
     k = cfg.samples
-    groups = run.engine.generate(
-        prompts,
-        n=k,
-        temperature=cfg.temperature,
-        max_tokens=run.cfg.rollout.max_tokens,
-        stop=run.cfg.rollout.stop,
-        logprobs=False,
+    prompts = [run.task_prompt_ids(r) for r in rows]
+    groups = generate_for_rows(
+        run.engine, run.cfg, rows, prompts, n=k, temperature=cfg.temperature, logprobs=False
     )
-    per_task: dict[str, list[tuple[float, float]]] = {}
     results = []
     for row, group in zip(rows, groups, strict=True):
-        scores, _ = score_completions(reward_for_task(row["task"]), [c.text for c in group], row)
-        correct = sum(s >= 1.0 for s in scores)
-        per_task.setdefault(row["task"], []).append((sum(scores) / k, pass_at_k(k, correct, k)))
+        scores, _ = score_row(run.cfg, row, [c.text for c in group])
         results.append(
             {
                 "prompt_id": row["prompt_id"],
                 "task": row["task"],
+                "domain": row["domain"],
                 "difficulty": row["difficulty"],
                 "scores": scores,
             }
         )
     write_json(run.step_file(step, "evaluation"), results)
-    all_pairs = [p for pairs in per_task.values() for p in pairs]
-    metrics = {
-        f"eval/avg_at_{k}": _mean(a for a, _ in all_pairs),
-        f"eval/pass_at_{k}": _mean(p for _, p in all_pairs),
-    }
-    for task, pairs in per_task.items():
-        metrics[f"eval/{task}/avg_at_{k}"] = _mean(a for a, _ in pairs)
-    return metrics
+    return accuracy_metrics(results, k, prefix="eval")
 
 
 def checkpoint(run: Run, step: int, keep: int = 2) -> Path:
@@ -126,8 +111,3 @@ def checkpoint(run: Run, step: int, keep: int = 2) -> Path:
     for old in tags[:-keep]:
         shutil.rmtree(run.checkpoint_dir / old, ignore_errors=True)
     return run.checkpoint_dir / tag
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else math.nan

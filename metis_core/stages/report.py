@@ -10,39 +10,58 @@ from metis_core.run import Run, read_json
 
 
 def iteration_metrics(run: Run, verified_file: Path, judgments_file: Path) -> dict[str, float]:
-    """Rewards, wasted (zero-variance) groups, cumulative spend and judge quality of one step."""
+    """Rewards, wasted (zero-variance) groups, cumulative spend and judge quality of one step:
+    overall, per domain (`train/code/reward_mean`, `judge/code/spearman`, `cost/code/rollouts`,
+    ...) and, for rewards, per task."""
     verified = read_json(verified_file)
     candidates = read_json(judgments_file)["candidates"]
-    rewards = [r for v in verified for r in v["rewards"]]
+    judged_any = any("text" in c for c in candidates)
+    domain_of = {v["prompt_id"]: run.train_row(v["prompt_id"])["domain"] for v in verified}
     totals = run.totals
-    metrics: dict[str, float] = {
-        "train/reward_mean": sum(rewards) / len(rewards),
-        "train/zero_variance_fraction": sum(v["realised_variance"] == 0 for v in verified)
-        / len(verified),
-        "train/realised_variance_mean": sum(v["realised_variance"] for v in verified)
-        / len(verified),
+    metrics = _outcome_metrics(verified, "train", "judge", judged_any)
+    metrics |= {
         "cost/rollouts": totals["rollouts"],
         "cost/generated_tokens": totals["generated_tokens"],
         "cost/judgment_tokens": totals["judgment_tokens"],
     }
-    if any("text" in c for c in candidates):
-        judged = [v for v in verified if "judge_reward" in v]
-        metrics.update(
-            judge_quality(
-                [v["v_hat"] or 0.0 for v in judged],
-                [v["realised_variance"] for v in judged],
-                [v["parsed"] for v in judged],
-            )
-        )
+    if judged_any:
         # the parse-failure rate over every candidate judged, not only the selected ones
         metrics["judge/parse_failure_rate"] = sum(c["v_hat"] is None for c in candidates) / len(
             candidates
         )
+    for domain in run.cfg.domains_in_use():
+        subset = [v for v in verified if domain_of[v["prompt_id"]] == domain]
+        if subset:
+            metrics |= _outcome_metrics(subset, f"train/{domain}", f"judge/{domain}", judged_any)
+        for kind in ("rollouts", "generated_tokens"):
+            metrics[f"cost/{domain}/{kind}"] = totals.get(f"{domain}/{kind}", 0)
     by_task: dict[str, list[float]] = {}
     for v in verified:
         by_task.setdefault(run.train_row(v["prompt_id"])["task"], []).extend(v["rewards"])
     for task, rs in by_task.items():
         metrics[f"train/{task}/reward_mean"] = sum(rs) / len(rs)
+    return metrics
+
+
+def _outcome_metrics(
+    verified: list[dict], train: str, judge: str, judged: bool
+) -> dict[str, float]:
+    rewards = [r for v in verified for r in v["rewards"]]
+    metrics = {
+        f"{train}/reward_mean": sum(rewards) / len(rewards),
+        f"{train}/zero_variance_fraction": sum(v["realised_variance"] == 0 for v in verified)
+        / len(verified),
+        f"{train}/realised_variance_mean": sum(v["realised_variance"] for v in verified)
+        / len(verified),
+    }
+    scored = [v for v in verified if "judge_reward" in v]
+    if judged and scored:
+        quality = judge_quality(
+            [v["v_hat"] or 0.0 for v in scored],
+            [v["realised_variance"] for v in scored],
+            [v["parsed"] for v in scored],
+        )
+        metrics |= {f"{judge}/{k.split('/', 1)[1]}": value for k, value in quality.items()}
     return metrics
 
 
@@ -60,6 +79,7 @@ def sample_table(
                 "prompt": p["prompt"],
                 "answer": p["answer"],
                 "task": p["task"],
+                "domain": p["domain"],
                 "v_hat": v["v_hat"],
                 "realised_variance": v["realised_variance"],
                 "completion": first["text"],
@@ -87,6 +107,10 @@ def final_figures(run: Run) -> dict[str, Any]:
             f"eval/avg_at_{k}",
             "judge/spearman",
         ]
+        domains = run.cfg.domains_in_use()
+        if len(domains) > 1:  # a mixed run: each domain's reward and held-out accuracy too
+            names += [f"train/{d}/reward_mean" for d in domains]
+            names += [f"eval/{d}/avg_at_{k}" for d in domains]
         names = [n for n in names if any(n in m for _, m in history)]
         figures["plots/training_curves.png"] = training_curves(
             [s for s, _ in history],

@@ -2,7 +2,7 @@
 
 Schema (every write is keyed, so replaying a step after a crash replaces rows, never duplicates):
 
-    prompts   (prompt_id PK, prompt, answer, task, difficulty)
+    prompts   (prompt_id PK, prompt, answer, task, difficulty, domain)
     outcomes  (run_id, step, prompt_id, sample) PK; reward, completion, completion_tokens, reason
               - one row per completion
     judgments (run_id, step, prompt_id) PK; v_hat, parsed, text, tokens, selected,
@@ -26,7 +26,8 @@ import pandas as pd
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
-    prompt_id VARCHAR PRIMARY KEY, prompt VARCHAR, answer VARCHAR, task VARCHAR, difficulty VARCHAR);
+    prompt_id VARCHAR PRIMARY KEY, prompt VARCHAR, answer VARCHAR, task VARCHAR, difficulty VARCHAR,
+    domain VARCHAR);
 CREATE TABLE IF NOT EXISTS outcomes (
     run_id VARCHAR, step INTEGER, prompt_id VARCHAR, sample INTEGER,
     reward DOUBLE, completion VARCHAR, completion_tokens INTEGER, reason VARCHAR,
@@ -42,7 +43,7 @@ CREATE TABLE IF NOT EXISTS steps (
 """
 
 _COLUMNS = {
-    "prompts": ["prompt_id", "prompt", "answer", "task", "difficulty"],
+    "prompts": ["prompt_id", "prompt", "answer", "task", "difficulty", "domain"],
     "outcomes": [
         "run_id",
         "step",
@@ -74,6 +75,10 @@ class OutcomeStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
             con.execute(SCHEMA)
+            # histories written before domains existed hold math only
+            con.execute(
+                "ALTER TABLE prompts ADD COLUMN IF NOT EXISTS domain VARCHAR DEFAULT 'math'"
+            )
 
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -114,20 +119,25 @@ class OutcomeStore:
             )
 
     def recent_variances(
-        self, run_id: str, before_step: int, limit: int
-    ) -> list[tuple[str, float]]:
-        """(prompt text, realised variance) of the most recent trained prompts, newest first."""
+        self,
+        run_id: str,
+        before_step: int,
+        limit: int,
+        domain: str | None = None,
+    ) -> list[tuple[str, float, int]]:
+        """(prompt text, realised variance, step) of the most recent trained prompts (of one
+        domain, if given), newest first."""
         with self._connect() as con:
             return con.execute(
                 """
                 SELECT p.prompt, var_pop(o.reward) AS v, o.step
                 FROM outcomes o JOIN prompts p USING (prompt_id)
-                WHERE o.run_id = ? AND o.step < ?
+                WHERE o.run_id = ? AND o.step < ? AND (? IS NULL OR p.domain = ?)
                 GROUP BY o.step, o.prompt_id, p.prompt
                 ORDER BY o.step DESC, o.prompt_id
                 LIMIT ?
                 """,
-                [run_id, before_step, limit],
+                [run_id, before_step, domain, domain, limit],
             ).fetchall()
 
     def prompt_stats(self, run_id: str, last_n: int = 10) -> pd.DataFrame:

@@ -24,6 +24,12 @@ def test_shipped_default_yaml_loads():
         ("nonsense=1", "unknown key"),
         ("curriculum.pool_multiplier=1000", "exceeds"),
         ("trainer.zero_stage=5", "trainer.zero_stage"),
+        ("data.domain_weights={code: 1}", "no entry in data.tasks is of that domain"),
+        ("data.domain_weights={math: -1}", "must be >= 0"),
+        ("data.domains.math.max_tokens=1000", "model.max_model_len"),
+        ("data.tasks=[{source: code, name: procedural}]", "give `size`"),
+        ("data.tasks=[{source: bfcl}]", "needs `name`"),
+        ("data.tasks=[{source: pypi, name: x}]", "data.tasks.0.source"),
     ],
 )
 def test_bad_values_fail_with_a_clear_message(override, message):
@@ -33,9 +39,17 @@ def test_bad_values_fail_with_a_clear_message(override, message):
 
 def test_overrides_parse_yaml_values():
     cfg = load_config(
-        overrides=["rollout.n=4", "rollout.stop=['x','y']", "judge.constrained=false"]
+        overrides=[
+            "rollout.n=4",
+            "data.domains.math.stop=['x','y']",
+            "data.domains.code.max_tokens=64",
+            "judge.constrained=false",
+        ]
     )
-    assert cfg.rollout.n == 4 and cfg.rollout.stop == ["x", "y"] and cfg.judge.constrained is False
+    assert cfg.rollout.n == 4 and cfg.data.domains.math.stop == ["x", "y"]
+    assert cfg.judge.constrained is False
+    # a partial override keeps the rest of that domain's own defaults
+    assert cfg.data.domains.code.max_tokens == 64 and "```" in cfg.data.domains.code.stop
 
 
 def test_bad_override_syntax_and_missing_file(tmp_path):
@@ -73,6 +87,10 @@ def test_every_field_has_a_docstring():
         c.ModelConfig,
         c.TaskSpec,
         c.DataConfig,
+        c.DomainsConfig,
+        c.MathDomain,
+        c.CodeDomain,
+        c.FunctionCallingDomain,
         c.RolloutConfig,
         c.JudgeConfig,
         c.CurriculumConfig,

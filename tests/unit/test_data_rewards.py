@@ -70,7 +70,7 @@ def test_pool_from_file_and_malformed_rows(tmp_path):
 
 
 def test_bad_generator_knobs_name_the_task():
-    with pytest.raises(DatasetError, match=r"data.tasks\[0\] \(chain_sum"):
+    with pytest.raises(DatasetError, match=r"data.tasks\[0\] \(reasoning_gym: chain_sum"):
         build_pool(
             DataConfig(tasks=[TaskSpec(name="chain_sum", size=4, params={"no_such_knob": 1})])
         )

@@ -1,0 +1,54 @@
+"""Generating and scoring completions for pool rows of any domain (rollout and evaluation share it).
+
+Each domain decodes with its own limits (a function body needs more tokens than an arithmetic
+answer, and different stop strings), so rows are generated in one engine call per domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from metis_core.config import RunConfig
+from metis_core.domains import reward_mode
+from metis_core.rewards import score_completions
+
+
+def generate_for_rows(
+    engine: Any,
+    cfg: RunConfig,
+    rows: Sequence[dict[str, Any]],
+    prompts: Sequence[Sequence[int]],
+    *,
+    n: int,
+    temperature: float,
+    top_p: float = 1.0,
+    logprobs: bool = True,
+) -> list[list[Any]]:
+    """n completions per row (`prompts` are the rows' token ids), in row order, each decoded with
+    its domain's limits."""
+    by_domain: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_domain.setdefault(row.get("domain") or "math", []).append(i)
+    out: list[list[Any]] = [[] for _ in rows]
+    for domain, indices in by_domain.items():
+        limits = cfg.domain(domain)
+        groups = engine.generate(
+            [prompts[i] for i in indices],
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=limits.max_tokens,
+            stop=limits.stop,
+            logprobs=logprobs,
+        )
+        for i, group in zip(indices, groups, strict=True):
+            out[i] = group
+    return out
+
+
+def score_row(
+    cfg: RunConfig, row: dict[str, Any], completions: Sequence[str]
+) -> tuple[list[float], list[str | None]]:
+    """Rewards in [0, 1] and failure reasons, from the row's scorer in its domain's reward mode."""
+    return score_completions(row["reward"], completions, row, reward_mode(cfg, row))
