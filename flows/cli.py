@@ -14,6 +14,10 @@ examples:
   metis train --set curriculum.sampler=uniform  # the plain-GRPO baseline on equal footing
   metis train --resume runs/metis-default-20261121-220000   # continue after a crash/preemption
   metis config --set judge.lam=0                # print the resolved config and exit
+  metis train --config configs/mixed.yaml       # math + code + function calling in one pool
+  metis eval --checkpoint embedded:smollm2-135m-instruct          # the untrained default model
+  metis eval --checkpoint runs/<run id> --benchmarks humaneval bfcl:simple_python heldout
+  metis eval --mlflow-run <MLflow run id> --samples 8             # a training run's latest checkpoint
 
 Runs go to runs/<run id>/ (history.duckdb, checkpoints/, steps/). Metrics go to MLflow
 (default sqlite:///runs/mlflow.db; browse with `mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`).
@@ -46,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_text in (
         ("train", "run (or resume) a training run as the Prefect flow metis-train"),
+        ("eval", "evaluate a checkpoint on benchmarks as the Prefect flow metis-eval"),
         ("config", "validate and print the resolved config"),
     ):
         s = sub.add_parser(
@@ -73,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="print the markdown reference of every field (docs/configs.md)",
             )
+        if name == "eval":
+            _eval_arguments(s)
         if name == "train":
             s.add_argument(
                 "--resume",
@@ -81,6 +88,39 @@ def _parser() -> argparse.ArgumentParser:
                 help="continue the run in RUN_DIR from its latest checkpoint",
             )
     return p
+
+
+def _eval_arguments(s: argparse.ArgumentParser) -> None:
+    from metis_core.evaluation import BENCHMARK_HELP
+
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--checkpoint",
+        help="an HF model folder, a run folder (its latest checkpoint), or "
+        "embedded:smollm2-135m-instruct (the untrained default)",
+    )
+    which.add_argument(
+        "--mlflow-run", help="MLflow run id of a training run: evaluate its latest checkpoint"
+    )
+    s.add_argument(
+        "--benchmarks",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"any of: {BENCHMARK_HELP} (default: humaneval bfcl:simple_python bfcl:multiple "
+        "bfcl:parallel)",
+    )
+    s.add_argument("--samples", type=int, default=4, help="k completions per prompt (default 4)")
+    s.add_argument(
+        "--max-prompts",
+        type=int,
+        default=40,
+        help="a seeded subset of each benchmark (default 40; 0 = all)",
+    )
+    s.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
+    s.add_argument(
+        "--output-dir", default=None, help="results folder (default: <run>/evals or runs/evals)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,10 +144,38 @@ def main(argv: list[str] | None = None) -> int:
         print(config_reference() if args.reference else cfg.to_json())
         return 0
     _prefect_environment(cfg.output_dir)
+    if args.command == "eval":
+        return _eval(args)
     from flows.train import train
 
     run_dir = train(config_file=args.config, overrides=args.overrides, resume=args.resume)
     print(f"metis: run finished: {run_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from flows.evaluate import evaluate
+    from metis_core.evaluation import EvalError
+
+    if args.samples < 1:
+        print("metis: --samples must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        out = evaluate(
+            checkpoint=args.checkpoint,
+            mlflow_run=args.mlflow_run,
+            benchmarks=args.benchmarks,
+            samples=args.samples,
+            max_prompts=args.max_prompts or None,
+            temperature=args.temperature,
+            config_file=args.config,
+            overrides=args.overrides,
+            output_dir=args.output_dir,
+        )
+    except EvalError as err:
+        print(f"metis: {err}", file=sys.stderr)
+        return 2
+    print(f"metis: results in {out}")
     return 0
 
 

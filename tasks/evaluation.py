@@ -1,0 +1,117 @@
+"""The Prefect tasks of metis-eval: open the policy, run one benchmark, log the results.
+
+Like the training stages they pass small values (an evaluation id, names, file paths); the live
+engine stays in this process, looked up by the evaluation id.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from metis_core.config import RunConfig
+from metis_core.evaluation import benchmark_rows, metric_prefix
+from metis_core.metrics import accuracy_metrics
+from metis_core.run import task_prompt_ids, write_json
+from metis_core.stages.generation import generate_for_rows, score_row
+
+
+@dataclass
+class Evaluation:
+    cfg: RunConfig
+    engine: Any
+    out_dir: Path
+    tracker: Any
+    """Where the results go in MLflow: the training run's, or a run of the evaluation's own."""
+    pool: Any = None
+
+
+_OPEN: dict[str, Evaluation] = {}
+
+
+def open_evaluation(eval_id: str, evaluation: Evaluation) -> None:
+    _OPEN[eval_id] = evaluation
+
+
+def close_evaluation(eval_id: str) -> None:
+    evaluation = _OPEN.pop(eval_id, None)
+    if evaluation is not None:
+        evaluation.engine.close()
+
+
+@task(name="benchmark", cache_policy=NO_CACHE, task_run_name="benchmark-{benchmark}")
+def run_benchmark(
+    eval_id: str,
+    benchmark: str,
+    samples: int,
+    max_prompts: int | None,
+    temperature: float,
+    seed: int,
+) -> dict[str, Any]:
+    """k samples per prompt of one benchmark, scored; returns its row of the results table."""
+    ev = _OPEN[eval_id]
+    started = time.perf_counter()
+    rows = benchmark_rows(benchmark, limit=max_prompts, seed=seed, pool=ev.pool)
+    prompts = [task_prompt_ids(ev.cfg, ev.engine.tokenizer, r) for r in rows]
+    keep = [i for i, p in enumerate(prompts) if len(p) <= ev.cfg.data.max_prompt_tokens]
+    left_out = len(rows) - len(keep)
+    rows, prompts = [rows[i] for i in keep], [prompts[i] for i in keep]
+    if not rows:
+        raise ValueError(
+            f"{benchmark}: every prompt is longer than data.max_prompt_tokens="
+            f"{ev.cfg.data.max_prompt_tokens}; raise it (and model.max_model_len)"
+        )
+    groups = generate_for_rows(
+        ev.engine, ev.cfg, rows, prompts, n=samples, temperature=temperature, logprobs=False
+    )
+    results = []
+    for row, group in zip(rows, groups, strict=True):
+        texts = [c.text for c in group]
+        scores, reasons = score_row(ev.cfg, row, texts)
+        results.append(
+            {
+                "prompt_id": row["prompt_id"],
+                "task": row["task"],
+                "domain": row["domain"],
+                "scores": scores,
+                "completions": texts,
+                "reasons": reasons,
+            }
+        )
+    safe = metric_prefix(benchmark).split("/", 1)[1]
+    write_json(ev.out_dir / "samples" / f"{safe}.json", results)
+    prefix = metric_prefix(benchmark)
+    metrics = accuracy_metrics(results, samples, prefix=prefix)
+    return {
+        "benchmark": benchmark,
+        "prompts": len(rows),
+        "left_out": left_out,
+        "k": samples,
+        f"avg@{samples}": metrics[f"{prefix}/avg_at_{samples}"],
+        "pass@1": metrics[f"{prefix}/pass_at_1"],
+        f"pass@{samples}": metrics[f"{prefix}/pass_at_{samples}"],
+        "seconds": round(time.perf_counter() - started, 1),
+        "metrics": metrics,
+    }
+
+
+@task(name="log-results", cache_policy=NO_CACHE)
+def log_results(eval_id: str, step: int, table: list[dict[str, Any]], markdown: str) -> None:
+    """Metrics at the checkpoint's step, plus the results table and its markdown as artifacts."""
+    ev = _OPEN[eval_id]
+    tracker, out_dir = ev.tracker, ev.out_dir
+    metrics: dict[str, float] = {}
+    for row in table:
+        metrics |= row["metrics"]
+    tracker.log_metrics(metrics, step)
+    stamp = out_dir.name
+    rows = [{k: v for k, v in r.items() if k != "metrics"} for r in table]
+    tracker.log_table(rows, f"eval/{stamp}/results.json")
+    tracker.client.log_text(tracker.run_id, markdown, f"eval/{stamp}/results.md")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
