@@ -125,7 +125,7 @@ def evaluate(
     try:
         for name in names:
             row = run_benchmark(eval_id, name, samples, max_prompts, temperature, seed)
-            print(
+            tqdm.write(
                 f"{name}: {row['prompts']} prompts, avg@{samples} {row[f'avg@{samples}']:.3f}, "
                 f"pass@1 {row['pass@1']:.3f}, pass@{samples} {row[f'pass@{samples}']:.3f}"
             )
@@ -145,5 +145,5 @@ def evaluate(
         close_evaluation(eval_id)
         if not info.get("mlflow_run_id"):
             tracker.end("FINISHED" if len(table) == len(names) else "FAILED")
-    print(markdown)
+    tqdm.write(markdown)
     return str(out_dir)

@@ -38,3 +38,15 @@ def reward_mode(cfg, row: dict) -> str:
     """`discrete` or `continuous` for this row (math answers are right or wrong)."""
     domain = row.get("domain") or "math"
     return "discrete" if domain == "math" else cfg.domain(domain).reward_mode
+
+
+def decoding_regex(cfg, row: dict) -> str | None:
+    """The regex a row's completions are constrained to, or None (see DomainConfig.constrained)."""
+    import json
+
+    domain = row.get("domain") or "math"
+    if domain != "function_calling" or not cfg.domain(domain).constrained:
+        return None
+    from metis_core.domains.function_calling import call_regex
+
+    return call_regex(json.loads(row["metadata"])["functions"])

@@ -296,3 +296,24 @@ def bfcl_reward(
         return min(earned, possible - 1) / possible
 
     return [score(c) for c in completions]
+
+
+_VALUE = r"""(?:"[^"\n]*"|'[^'\n]*'|-?\d+(?:\.\d+)?|True|False|None|\[[^\[\]\n]*\]|\{[^{}\n]*\})"""
+
+
+def call_regex(functions: list[dict[str, Any]]) -> str:
+    """A regex of a call list over the documented functions, for constrained decoding.
+
+    Function names and parameter names are the documented ones, values are Python literals
+    (strings, numbers, booleans, None, flat lists and dicts), calls are joined by ", " and the
+    list ends with "]" (the domain's prefill opens it). It fixes the format only: which function,
+    which parameters and which values are still the policy's choice.
+    """
+    calls = []
+    for doc in functions:
+        params = "|".join(re.escape(p) for p in doc.get("parameters", {}).get("properties", {}))
+        arg = rf"(?:{params})={_VALUE}" if params else None
+        args = rf"(?:{arg}(?:, {arg})*)?" if arg else ""
+        calls.append(rf"{re.escape(doc['name'])}\({args}\)")
+    call = "(?:" + "|".join(calls) + ")"
+    return rf"{call}(?:, {call})*\]"

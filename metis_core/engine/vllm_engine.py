@@ -73,26 +73,29 @@ class PolicyEngine:
         max_tokens: int,
         stop: Sequence[str] = (),
         logprobs: bool = True,
-        regex: str | None = None,
+        regex: str | Sequence[str | None] | None = None,
     ) -> list[list[Completion]]:
-        """n completions per prompt; with `regex`, decoding is constrained to match it."""
+        """n completions per prompt; with `regex` (one for all, or one per prompt), decoding is
+        constrained to match it. Log-probs are the policy's own, before the constraint's mask."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import StructuredOutputsParams
 
-        structured = None
-        if regex is not None:
-            from vllm.sampling_params import StructuredOutputsParams
+        def params_for(pattern: str | None) -> SamplingParams:
+            return SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                stop=list(stop) or None,
+                logprobs=0 if logprobs else None,
+                structured_outputs=StructuredOutputsParams(regex=pattern) if pattern else None,
+            )
 
-            structured = StructuredOutputsParams(regex=regex)
-        params = SamplingParams(
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_tokens=max_tokens,
-            stop=list(stop) or None,
-            logprobs=0 if logprobs else None,
-            structured_outputs=structured,
-        )
+        if regex is None or isinstance(regex, str):
+            params = params_for(regex)
+        else:
+            params = [params_for(pattern) for pattern in regex]
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         result = []

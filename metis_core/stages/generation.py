@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from metis_core.config import RunConfig
-from metis_core.domains import reward_mode
+from metis_core.domains import decoding_regex, reward_mode
 from metis_core.rewards import score_completions
 
 
@@ -41,6 +41,7 @@ def generate_for_rows(
             max_tokens=limits.max_tokens,
             stop=limits.stop,
             logprobs=logprobs,
+            regex=[decoding_regex(cfg, rows[i]) for i in indices] if limits.constrained else None,
         )
         for i, group in zip(indices, groups, strict=True):
             out[i] = group

@@ -272,3 +272,25 @@ def test_unknown_mode_raises():
     row = rows_by_id("simple_python")["simple_python_3"]
     with pytest.raises(ValueError, match="mode"):
         bfcl_reward(["[]"], **{**row, "mode": "partial"})
+
+
+# --- constrained decoding -------------------------------------------------------------------
+@pytest.mark.parametrize("category", ["live_simple", "simple_python", "parallel", "multiple"])
+def test_call_regex_admits_ground_truths_and_refuses_other_names(category):
+    import re
+
+    from metis_core.domains.function_calling import call_regex
+
+    rows = bfcl_rows(category, limit=60, seed=0)
+    admitted = 0
+    for row in rows:
+        pattern = re.compile(call_regex(json.loads(row["metadata"])["functions"]))
+        truth = render(row)[1:]  # the prefill holds the opening "["
+        assert not pattern.fullmatch("not_a_documented_function()]")
+        if "=" in truth:  # `param: value` is not the format
+            assert not pattern.fullmatch(truth.replace("=", ": ", 1))
+        # flat literals only: nested lists or dicts are outside the format
+        if re.search(r"\[[^\]]*\[|\{[^}]*[\[{]", truth):
+            continue
+        admitted += bool(pattern.fullmatch(truth))
+    assert admitted >= 0.8 * len(rows), (admitted, len(rows))

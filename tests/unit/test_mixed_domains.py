@@ -121,3 +121,24 @@ def test_benchmark_names():
     with pytest.raises(EvalError, match="needs a run folder"):
         benchmark_rows("heldout", limit=1, seed=0)
     assert metric_prefix("bfcl:simple_python") == "bench/bfcl_simple_python"
+
+
+def test_mixed_pool_has_every_domain_with_its_scorer():
+    from metis_core.data.pool import build_pool
+
+    cfg = load_config(MIXED)
+    pool = build_pool(cfg.data, count_tokens=lambda row: len(row["prompt"]) // 4)
+    rows = list(pool)
+    assert {r["domain"] for r in rows} == {"math", "code", "function_calling"}
+    scorers = {(r["domain"], r["reward"]) for r in rows}
+    assert scorers == {
+        ("math", "reasoning_gym"),
+        ("code", "code_tests"),
+        ("function_calling", "bfcl_ast"),
+    }
+    assert len({r["prompt_id"] for r in rows}) == len(rows)
+    for domain in ("math", "code", "function_calling"):  # each domain has both splits
+        assert {r["split"] for r in rows if r["domain"] == domain} == {"train", "heldout"}
+    # the length filter left out long BFCL prompts (about 4 characters a token here)
+    assert max(len(r["prompt"]) // 4 for r in rows) <= cfg.data.max_prompt_tokens
+    assert sum(r["task"] == "bfcl_live_multiple" for r in rows) < 1051
