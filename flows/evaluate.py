@@ -15,6 +15,7 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from tqdm.auto import tqdm
 
 from metis_core.config import RunConfig, load_config
 from metis_core.evaluation import (
@@ -94,10 +95,16 @@ def evaluate(
         from datasets import Dataset
 
         pool = Dataset.from_parquet(str(run_dir / "pool.parquet"))
-    elif "heldout" in (benchmarks or ()):  # the held-out split of --config's (or the default) pool
-        from metis_core.data.pool import build_pool
+    elif "heldout" in (benchmarks or ()):
+        # the held-out split of --config's (or the default) pool, built as a training run builds
+        # it (same seed, same length filter), so it holds the same prompts as that run's
+        from transformers import AutoTokenizer
 
-        pool = build_pool(cfg.data)
+        from metis_core.data.pool import build_pool
+        from metis_core.run import task_prompt_ids
+
+        tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(cfg.model.path)))
+        pool = build_pool(cfg.data, lambda row: len(task_prompt_ids(cfg, tokenizer, row)))
     names = list(benchmarks or DEFAULT_BENCHMARKS)
     for name in names:  # a wrong name fails here, before anything is created or loaded
         benchmark_rows(name, limit=1, seed=seed, pool=pool)

@@ -76,7 +76,10 @@ def benchmark_rows(name: str, *, limit: int | None, seed: int, pool: Any = None)
     elif name == "heldout":
         if pool is None:
             raise EvalError("benchmark 'heldout' needs a run folder checkpoint or --config")
-        rows = [dict(r) for r in pool if r["split"] == "heldout"][:limit]
+        from metis_core.metrics import spread_over_domains
+
+        held = [dict(r) for r in pool if r["split"] == "heldout"]
+        rows = spread_over_domains(held, limit or len(held))
     else:
         raise EvalError(f"unknown benchmark {name!r}; use {BENCHMARK_HELP}")
     for row in rows:
