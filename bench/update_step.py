@@ -29,7 +29,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from metis_core.config import load_config
+    from metis_core.config_loading import load_config
     from metis_core.launch import configure_runtime_environment
     from metis_core.model.weights import resolve_model
     from metis_core.trainer.policy_trainer import JudgmentBatch, PolicyTrainer, RolloutBatch

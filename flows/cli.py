@@ -125,7 +125,7 @@ def _eval_arguments(s: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from metis_core.config import ConfigError, load_config
+    from metis_core.config_loading import ConfigError, load_config
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if args.command == "config":
-        from metis_core.config import config_reference
+        from metis_core.config_loading import config_reference
 
         print(config_reference() if args.reference else cfg.to_json())
         return 0

@@ -17,7 +17,8 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
-from metis_core.config import RunConfig, load_config
+from metis_core.config import RunConfig
+from metis_core.config_loading import load_config
 from metis_core.evaluation import (
     Checkpoint,
     EvalError,
@@ -25,7 +26,7 @@ from metis_core.evaluation import (
     resolve_checkpoint,
     results_table,
 )
-from metis_core.launch import configure_runtime_environment
+from metis_core.launch import build_run_pool, configure_runtime_environment
 from metis_core.tracking.mlflow_tracker import Tracker, default_tracking_uri
 from tasks.evaluation import (
     Evaluation,
@@ -98,13 +99,7 @@ def evaluate(
     elif "heldout" in (benchmarks or ()):
         # the held-out split of --config's (or the default) pool, built as a training run builds
         # it (same seed, same length filter), so it holds the same prompts as that run's
-        from transformers import AutoTokenizer
-
-        from metis_core.data.pool import build_pool
-        from metis_core.run import task_prompt_ids
-
-        tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(cfg.model.path)))
-        pool = build_pool(cfg.data, lambda row: len(task_prompt_ids(cfg, tokenizer, row)))
+        pool = build_run_pool(cfg)
     names = list(benchmarks or DEFAULT_BENCHMARKS)
     for name in names:  # a wrong name fails here, before anything is created or loaded
         benchmark_rows(name, limit=1, seed=seed, pool=pool)

@@ -10,7 +10,7 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
-from metis_core.config import load_config
+from metis_core.config_loading import load_config
 from metis_core.launch import open_run, prepare_run_dir
 from tasks import stages
 from tasks.runtime import register, release

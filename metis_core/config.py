@@ -2,16 +2,15 @@
 
 Every field has a docstring; cross-field checks run in `RunConfig`'s validators, so a bad config
 fails before any model loads. YAML files in configs/ stay sparse: only what differs from here.
+Reading them (and `--set` overrides) is metis_core/config_loading.py.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Section(BaseModel):
@@ -375,88 +374,3 @@ class RunConfig(_Section):
 
         walk("", self.model_dump(mode="json"))
         return out
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not validate; the message says which key and why."""
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, raw: str) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted}: `{key}` is not a section")
-    node[keys[-1]] = yaml.safe_load(raw)
-
-
-def load_config(
-    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
-) -> RunConfig:
-    """Read a YAML config (sparse: only what differs from the defaults) and apply `key=value`
-    overrides, e.g. `curriculum.batch_prompts=4`. Raises ConfigError naming each bad key."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        tree = loaded
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got `{item}`")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), raw)
-    try:
-        return RunConfig.model_validate(tree)
-    except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "config"
-            msg = (
-                "unknown key (check spelling; see docs/configs.md)"
-                if e["type"] == "extra_forbidden"
-                else e["msg"]
-            )
-            lines.append(f"  {where}: {msg}")
-        raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
-
-
-def config_reference() -> str:
-    """Markdown table of every field with its default and docstring (docs/configs.md is this)."""
-    lines = [
-        "# Config reference",
-        "",
-        "Generated from `metis_core/config.py` by `metis config --reference`; a unit test keeps it current.",
-        "Set any field in a YAML file (sections as mappings) or with `--set section.field=value`.",
-        "",
-    ]
-
-    def section(title: str, model: type[BaseModel], prefix: str) -> None:
-        lines.extend([f"## {title}", "", "| key | default | meaning |", "| --- | --- | --- |"])
-        nested = []
-        for name, field in model.model_fields.items():
-            default = field.default
-            if isinstance(default, BaseModel):
-                nested.append((name, type(default)))
-                continue
-            if isinstance(default, list) and default and isinstance(default[0], BaseModel):
-                default = f"{len(default)} entries (see configs/default.yaml)"
-            doc = (field.description or "").replace("\n", " ").replace("|", "\\|")
-            if field.is_required():
-                shown = "required"
-            elif isinstance(default, str) and default.endswith("(see configs/default.yaml)"):
-                shown = default
-            else:
-                shown = json.dumps(default)
-            lines.append(f"| `{prefix}{name}` | `{shown}` | {doc} |")
-        lines.append("")
-        for name, sub in nested:
-            section(name, sub, f"{name}.")
-
-    section("top level", RunConfig, "")
-    section("data.tasks[]", TaskSpec, "")
-    return "\n".join(lines)

@@ -34,6 +34,16 @@ def new_run_id(cfg: RunConfig) -> str:
     return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def build_run_pool(cfg: RunConfig) -> Dataset:
+    """The pool as a training run builds it: prompts longer than data.max_prompt_tokens (chat-
+    formatted, by the model's tokenizer) left out. The same config gives the same pool."""
+    from transformers import AutoTokenizer
+
+    configure_runtime_environment()
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(cfg.model.path)))
+    return build_pool(cfg.data, lambda row: len(task_prompt_ids(cfg, tokenizer, row)))
+
+
 def prepare_run_dir(cfg: RunConfig, run_id: str | None = None) -> Path:
     """Create the run folder with its resolved config and pool; return it. Loads only the
     tokenizer (to leave out prompts longer than data.max_prompt_tokens); a bad pool raises
@@ -42,11 +52,7 @@ def prepare_run_dir(cfg: RunConfig, run_id: str | None = None) -> Path:
     run_dir = Path(cfg.output_dir) / run_id
     if (run_dir / "pool.parquet").is_file():
         return run_dir
-    from transformers import AutoTokenizer
-
-    configure_runtime_environment()
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(cfg.model.path)))
-    pool = build_pool(cfg.data, lambda row: len(task_prompt_ids(cfg, tokenizer, row)))
+    pool = build_run_pool(cfg)
     train = sum(split == "train" for split in pool["split"])
     needed = cfg.curriculum.batch_prompts * cfg.curriculum.pool_multiplier
     if train < needed:

@@ -14,17 +14,23 @@ Every loader returns pool rows: dicts of strings with the keys
 credit) and return one score in [0, 1] (or None) per completion.
 """
 
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from metis_core.config import RunConfig
+
 DOMAINS = ("math", "code", "function_calling")
 
 
-def task_chat(cfg, row: dict) -> tuple[list[dict[str, str]], str]:
+def task_chat(cfg: RunConfig, row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
     """The chat messages of a row's task prompt and the text the assistant turn starts with.
 
     `cfg` is the RunConfig; the system prompt and prefill come from the row's domain settings, a
     row's own `metadata.prefill` (a code header) wins over the domain's prefill.
     """
-    import json
-
     domain = cfg.domain(row.get("domain") or "math")
     meta = json.loads(row.get("metadata") or "{}")
     messages = [
@@ -34,16 +40,14 @@ def task_chat(cfg, row: dict) -> tuple[list[dict[str, str]], str]:
     return messages, meta.get("prefill", domain.assistant_prefill)
 
 
-def reward_mode(cfg, row: dict) -> str:
+def reward_mode(cfg: RunConfig, row: dict[str, Any]) -> str:
     """`discrete` or `continuous` for this row (math answers are right or wrong)."""
     domain = row.get("domain") or "math"
     return "discrete" if domain == "math" else cfg.domain(domain).reward_mode
 
 
-def decoding_regex(cfg, row: dict) -> str | None:
+def decoding_regex(cfg: RunConfig, row: dict[str, Any]) -> str | None:
     """The regex a row's completions are constrained to, or None (see DomainConfig.constrained)."""
-    import json
-
     domain = row.get("domain") or "math"
     if domain != "function_calling" or not cfg.domain(domain).constrained:
         return None

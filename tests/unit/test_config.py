@@ -1,6 +1,7 @@
 import pytest
 
-from metis_core.config import ConfigError, RunConfig, load_config
+from metis_core.config import RunConfig
+from metis_core.config_loading import ConfigError, load_config
 
 
 def test_defaults_validate():
@@ -71,7 +72,7 @@ def test_flat_params_cover_every_section():
 def test_docs_config_reference_is_current():
     from pathlib import Path
 
-    from metis_core.config import config_reference
+    from metis_core.config_loading import config_reference
 
     doc = Path(__file__).resolve().parents[2] / "docs" / "configs.md"
     assert doc.read_text().strip() == config_reference().strip(), (

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from metis_core.config import load_config
+from metis_core.config_loading import load_config
 from metis_core.domains import reward_mode, task_chat
 from metis_core.evaluation import EvalError, benchmark_rows, metric_prefix, resolve_checkpoint
 from metis_core.metrics import accuracy_metrics, spread_over_domains
