@@ -104,6 +104,10 @@ def evaluate(
     for name in names:  # a wrong name fails here, before anything is created or loaded
         benchmark_rows(name, limit=1, seed=seed, pool=pool)
 
+    # the engine loads before an MLflow run opens, so a failed load leaves no run marked RUNNING
+    engine = PolicyEngine(
+        resolve_model(ckpt.model_path), cfg.model.dtype, cfg.model.max_model_len, seed
+    )
     stamp = time.strftime("eval-%Y%m%d-%H%M%S")
     out_dir = Path(output_dir or (run_dir or Path(cfg.output_dir)) / "evals") / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,9 +122,6 @@ def evaluate(
         tracker.log_params(
             {"checkpoint": ckpt.model_path, "samples": samples, "max_prompts": max_prompts}
         )
-    engine = PolicyEngine(
-        resolve_model(ckpt.model_path), cfg.model.dtype, cfg.model.max_model_len, seed
-    )
     eval_id = stamp
     open_evaluation(eval_id, Evaluation(cfg, engine, out_dir, tracker, pool))
     table: list[dict] = []
