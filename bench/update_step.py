@@ -39,8 +39,6 @@ def main() -> None:
     trainer = PolicyTrainer(
         resolve_model("embedded:smollm2-135m-instruct"),
         cfg,
-        rollouts_per_step=64,
-        judgments_per_step=8,
         max_response_tokens=24,
     )
     rng = random.Random(0)

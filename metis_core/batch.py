@@ -50,6 +50,9 @@ class GroupedBatch:
     """[N, S] 1 on real suffix tokens."""
     loss_mask: torch.Tensor
     """[N, S] 1 on response tokens: the tokens we train."""
+    token_bitmask: torch.Tensor | None = None
+    """[N, S, words] int32: the tokens a decoding constraint allowed before each position (32
+    tokens a word, all bits set where unconstrained); None when no row was constrained."""
 
     @property
     def rows(self) -> int:
@@ -97,8 +100,13 @@ def prefix_groups(prompts: Sequence[Sequence[int]]) -> tuple[list[list[int]], li
 
 
 def pack_grouped(
-    prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], pad_id: int
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    pad_id: int,
+    response_bitmasks: Sequence[torch.Tensor | None] | None = None,
 ) -> GroupedBatch:
+    """Rows grouped by shared prefix. `response_bitmasks`, per row None (unconstrained) or the
+    [len(response), words] allowed-token bitmask its decoding constraint applied."""
     _check(prompts, responses)
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -123,6 +131,14 @@ def pack_grouped(
         suffix_mask[i, : len(suffix)] = 1
         loss_mask[i, len(suffix) - len(response) : len(suffix)] = 1.0
     prefix_len = torch.tensor([len(p) for p in prefixes], dtype=torch.long)
+    token_bitmask = None
+    constrained = [(i, b) for i, b in enumerate(response_bitmasks or []) if b is not None]
+    if constrained:
+        words = constrained[0][1].shape[-1]
+        token_bitmask = torch.full((n, s_max, words), -1, dtype=torch.int32)
+        for i, bits in constrained:
+            end = len(suffixes[i])
+            token_bitmask[i, end - len(responses[i]) : end] = bits
     return GroupedBatch(
         prefix_ids,
         prefix_mask,
@@ -131,6 +147,7 @@ def pack_grouped(
         suffix_ids,
         suffix_mask,
         loss_mask,
+        token_bitmask,
     )
 
 
@@ -171,6 +188,20 @@ def micro_batch_weight(
     if mode == "token-mean":
         return float(mask.sum()) / max(total_tokens, 1.0)
     return mask.shape[0] / max(total_seqs, 1)
+
+
+def response_values(loss_mask: torch.Tensor, values: Sequence[Sequence[float]]) -> torch.Tensor:
+    """Per-token values of each row's response (e.g. the engine's log-probs), laid out like
+    `loss_mask` ([N, S], 0 off the response). values[i] has one entry per response token."""
+    flat = [float(v) for row in values for v in row]
+    out = torch.zeros(loss_mask.shape, dtype=torch.float32)
+    mask = loss_mask.bool()
+    if len(flat) != int(mask.sum()):
+        raise ValueError(
+            f"{len(flat)} per-token values for {int(mask.sum())} response tokens: every response "
+            "needs one value per token"
+        )
+    return out.masked_scatter(mask, torch.tensor(flat, dtype=torch.float32))
 
 
 def micro_batches(n: int, size: int) -> list[slice]:

@@ -262,6 +262,17 @@ class TrainerConfig(_Section):
     """Global gradient-norm clip."""
     deepspeed_config: str | None = None
     """Optional DeepSpeed JSON merged over the generated one (e.g. infra/deepspeed/*.json)."""
+    rollout_correction: Literal["tis", "none"] = "tis"
+    """`tis`: weight each sampled token's loss by min(pi_trainer / pi_engine, tis_cap), truncated
+    importance sampling for the gap between the inference engine (bf16 by default) and the fp32
+    trainer, as TRL and verl do; judgments get one weight per sequence. `none`: no correction."""
+    tis_cap: float = Field(2.0, ge=1)
+    """C: the largest importance weight TIS gives a token (verl's default)."""
+    max_logprob_gap: float = Field(0.1, gt=0)
+    """Every update compares the trainer's log-probs of the sampled tokens with the engine's; when
+    their mean absolute difference (nats per token) exceeds this, the run stops with an error
+    before the update is applied. bf16 engine vs fp32 trainer measured well below it
+    (docs/metis.md); a wrong temperature or stale engine weights land far above it."""
 
 
 class EvalConfig(_Section):

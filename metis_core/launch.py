@@ -13,7 +13,7 @@ from metis_core.algorithms import MovingAverageBaseline
 from metis_core.config import RunConfig
 from metis_core.data.pool import DatasetError, build_pool
 from metis_core.model.weights import cache_dir, resolve_model
-from metis_core.run import Run, new_sampler, read_json, task_prompt_ids, trains_judge, write_json
+from metis_core.run import Run, new_sampler, read_json, task_prompt_ids, write_json
 from metis_core.store.outcomes import OutcomeStore
 from metis_core.tracking.mlflow_tracker import Tracker, default_tracking_uri
 
@@ -98,12 +98,9 @@ def open_run(run_dir: Path) -> Run:
     model_dir = resolve_model(cfg.model.path)
     engine = PolicyEngine(model_dir, cfg.model.dtype, cfg.model.max_model_len, cfg.seed)
     sampler = new_sampler(cfg)
-    B = cfg.curriculum.batch_prompts
     trainer = PolicyTrainer(
         model_dir,
         cfg.trainer,
-        rollouts_per_step=B * cfg.rollout.n,
-        judgments_per_step=B if trains_judge(cfg, sampler) else 0,
         max_response_tokens=max(cfg.domain(d).max_tokens for d in cfg.domains_in_use()),
     )
     run = Run(

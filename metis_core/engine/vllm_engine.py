@@ -23,7 +23,8 @@ class Completion:
     token_ids: list[int]
     text: str
     logprobs: list[float]
-    """The engine's log-prob of each sampled token (empty unless asked for)."""
+    """The log-prob of each sampled token under the distribution it was sampled from (masked by
+    the decoding constraint, at the sampling temperature, after top-p); empty unless asked for."""
 
 
 def _configure_environment() -> None:
@@ -60,6 +61,10 @@ class PolicyEngine:
             seed=seed,
             enforce_eager=True,
             enable_prefix_caching=True,
+            # Log-probs of the distribution each token was sampled from: after the decoding
+            # constraint's mask, the temperature and top-p, not the raw model's. The trainer
+            # compares its own against them and corrects for the gap (importance sampling).
+            logprobs_mode="processed_logprobs",
         )
         self.tokenizer = self.llm.get_tokenizer()
 
@@ -76,7 +81,8 @@ class PolicyEngine:
         regex: str | Sequence[str | None] | None = None,
     ) -> list[list[Completion]]:
         """n completions per prompt; with `regex` (one for all, or one per prompt), decoding is
-        constrained to match it. Log-probs are the policy's own, before the constraint's mask."""
+        constrained to match it. Log-probs are those of the sampling distribution: the policy's
+        logits under the constraint's mask, divided by the temperature, after top-p."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import StructuredOutputsParams
@@ -113,7 +119,8 @@ class PolicyEngine:
         return result
 
     def sequence_logprobs(self, token_ids: Sequence[int]) -> list[float]:
-        """The engine's log-prob of each token after the first (what the trainer computes too)."""
+        """The engine's log-prob of each token after the first, from the raw model at temperature
+        1 (prompt log-probs are not processed): what the trainer's `sequence_logprobs` computes."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from metis_core.config import RunConfig
 from metis_core.judgment import (
     JUDGMENT_REGEX,
     CalibrationExample,
@@ -39,6 +40,11 @@ def history(run: Run, step: int) -> dict[str, list[CalibrationExample]]:
     return memories
 
 
+def judgment_regex(cfg: RunConfig) -> str | None:
+    """What judgments are constrained to, or None when they are sampled freely."""
+    return JUDGMENT_REGEX if cfg.judge.constrained else None
+
+
 def draw_candidates(run: Run, step: int) -> list[dict]:
     """C_t: m * B prompts drawn uniformly from the training split (seeded by step); with
     `data.domain_weights`, each domain's share of them is fixed by its weight."""
@@ -64,7 +70,8 @@ def judge(run: Run, step: int, memory: dict[str, list[CalibrationExample]]) -> P
     """The policy predicts v_hat for every candidate (for samplers that ask for judgments).
 
     Writes judgments.json: per candidate its id, v_hat (None when unparsable), the judgment text,
-    and the judgment prompt / emitted token ids the judge loss trains on.
+    and the judgment prompt / emitted token ids (with the engine's log-probs of them) the judge
+    loss trains on.
     """
     cfg = run.cfg.judge
     candidates = draw_candidates(run, step)
@@ -87,8 +94,7 @@ def judge(run: Run, step: int, memory: dict[str, list[CalibrationExample]]) -> P
             n=1,
             temperature=cfg.temperature,
             max_tokens=cfg.max_tokens,
-            logprobs=False,
-            regex=JUDGMENT_REGEX if cfg.constrained else None,
+            regex=judgment_regex(run.cfg),
         )
         for row, prompt, (out,) in zip(rows, prompts, outputs, strict=True):
             row.update(
@@ -96,6 +102,7 @@ def judge(run: Run, step: int, memory: dict[str, list[CalibrationExample]]) -> P
                 text=out.text,
                 prompt_token_ids=prompt,
                 judgment_token_ids=out.token_ids,
+                judgment_logprobs=out.logprobs,
             )
     memory_size = min(len(memory[c["domain"]]) for c in candidates)
     return write_json(

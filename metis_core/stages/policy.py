@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from metis_core.domains import decoding_regex
 from metis_core.metrics import accuracy_metrics, spread_over_domains
 from metis_core.run import Run, read_json, trains_judge, write_json
+from metis_core.stages.curriculum import judgment_regex
 from metis_core.stages.generation import generate_for_rows, score_row
 from metis_core.trainer.policy_trainer import JudgmentBatch, RolloutBatch
 
@@ -16,15 +18,22 @@ SYNC_PROBE = "Sync probe: 12 + 30 = 42."
 def update(
     run: Run, step: int, rollouts_file: Path, verified_file: Path, judgments_file: Path
 ) -> dict[str, float]:
-    """One policy step on L_task + lambda * L_judge (DeepSpeed)."""
+    """One policy step on L_task + lambda * L_judge (DeepSpeed), on the distributions the tokens
+    were sampled from: the rollout / judge temperature, each row's decoding constraint, and the
+    engine's log-probs for the mismatch check and the importance correction."""
     groups = read_json(rollouts_file)
     verified = {v["prompt_id"]: v for v in read_json(verified_file)}
-    prompts, responses, advantages = [], [], []
+    rollouts = RolloutBatch(
+        [], [], [], engine_logprobs=[], temperature=run.cfg.rollout.temperature, regexes=[]
+    )
     for g in groups:
+        regex = decoding_regex(run.cfg, run.train_row(g["prompt_id"]))
         for c, adv in zip(g["completions"], verified[g["prompt_id"]]["advantages"], strict=True):
-            prompts.append(g["prompt_token_ids"])
-            responses.append(c["token_ids"])
-            advantages.append(adv)
+            rollouts.prompt_ids.append(g["prompt_token_ids"])
+            rollouts.response_ids.append(c["token_ids"])
+            rollouts.advantages.append(adv)
+            rollouts.engine_logprobs.append(c["logprobs"])  # type: ignore[union-attr]
+            rollouts.regexes.append(regex)  # type: ignore[union-attr]
     judgments = None
     metrics: dict[str, float] = {}
     if trains_judge(run.cfg, run.sampler):
@@ -37,14 +46,13 @@ def update(
             judgment_ids=[c["judgment_token_ids"] for c in chosen],
             rewards=rewards,
             baseline=run.baseline.current(batch_mean),
+            engine_logprobs=[c["judgment_logprobs"] for c in chosen],
+            temperature=run.cfg.judge.temperature,
+            regexes=[judgment_regex(run.cfg)] * len(chosen),
         )
         metrics["judge/baseline"] = judgments.baseline
         metrics["judge/reward_mean"] = batch_mean
-    metrics.update(
-        run.trainer.train_step(
-            RolloutBatch(prompts, responses, advantages), judgments, run.cfg.judge.lam
-        )
-    )
+    metrics.update(run.trainer.train_step(rollouts, judgments, run.cfg.judge.lam))
     if judgments is not None:
         run.baseline.update(metrics["judge/reward_mean"])
     return metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from metis_core.algorithms import is_zero_variance
 from metis_core.metrics import judge_quality
 from metis_core.run import Run, read_json
 
@@ -49,7 +50,9 @@ def _outcome_metrics(
     rewards = [r for v in verified for r in v["rewards"]]
     metrics = {
         f"{train}/reward_mean": sum(rewards) / len(rewards),
-        f"{train}/zero_variance_fraction": sum(v["realised_variance"] == 0 for v in verified)
+        f"{train}/zero_variance_fraction": sum(
+            is_zero_variance(v["realised_variance"]) for v in verified
+        )
         / len(verified),
         f"{train}/realised_variance_mean": sum(v["realised_variance"] for v in verified)
         / len(verified),

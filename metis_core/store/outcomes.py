@@ -24,6 +24,11 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from metis_core.algorithms import ZERO_VARIANCE_TOL
+
+# Population variance with float rounding snapped to 0, as algorithms.realised_variance does.
+_VARIANCE = f"(CASE WHEN var_pop({{x}}) <= {ZERO_VARIANCE_TOL} THEN 0.0 ELSE var_pop({{x}}) END)"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
     prompt_id VARCHAR PRIMARY KEY, prompt VARCHAR, answer VARCHAR, task VARCHAR, difficulty VARCHAR,
@@ -129,8 +134,8 @@ class OutcomeStore:
         domain, if given), newest first."""
         with self._connect() as con:
             return con.execute(
-                """
-                SELECT p.prompt, var_pop(o.reward) AS v, o.step
+                f"""
+                SELECT p.prompt, {_VARIANCE.format(x="o.reward")} AS v, o.step
                 FROM outcomes o JOIN prompts p USING (prompt_id)
                 WHERE o.run_id = ? AND o.step < ? AND (? IS NULL OR p.domain = ?)
                 GROUP BY o.step, o.prompt_id, p.prompt
@@ -144,8 +149,8 @@ class OutcomeStore:
         """Per prompt: mean and variance of its last `last_n` rewards, rows and steps seen."""
         with self._connect() as con:
             return con.execute(
-                """
-                SELECT prompt_id, avg(reward) AS mean_reward, var_pop(reward) AS reward_variance,
+                f"""
+                SELECT prompt_id, avg(reward) AS mean_reward, {_VARIANCE.format(x="reward")} AS reward_variance,
                        count(*) AS rows, count(DISTINCT step) AS steps
                 FROM (SELECT *, row_number() OVER (PARTITION BY prompt_id ORDER BY step DESC, sample) AS rn
                       FROM outcomes WHERE run_id = ?)

@@ -3,44 +3,75 @@
 On CPU DeepSpeed runs with the gloo backend in this process (world size 1); on GPU the same code
 takes the CUDA accelerator. One `train_step` is one optimiser step per PPO epoch: the batch is cut
 into micro-batches whose losses are weighted (metis_core.batch.micro_batch_weight) so their sum
-equals the whole batch's loss, and DeepSpeed accumulates gradients until the boundary.
+equals the whole batch's loss; gradients accumulate over the micro-batches and `step()` closes the
+epoch (DeepSpeed's unmanaged gradient accumulation: the batch decides how many micro-batches an
+epoch has, not a count fixed at start-up).
+
+What is trained is what was sampled (docs/metis.md, "What the update trains on"):
+- log-probs at the sampling temperature (rollout.temperature for rollouts, judge.temperature for
+  judgments), and under the decoding constraint's mask for constrained tokens;
+- each token's loss weighted by min(pi_trainer / pi_engine, C) (truncated importance sampling)
+  for the engine/trainer precision gap, which is measured every step and stops the run above
+  `trainer.max_logprob_gap`;
+- the judge's REINFORCE term on the first PPO epoch only (on-policy; its weight does not grow with
+  ppo_epochs).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from metis_core.algorithms import agg_loss, judge_loss, kl_k3, policy_token_loss
+from metis_core.algorithms import (
+    agg_loss,
+    judge_loss,
+    kl_k3,
+    logprob_mismatch,
+    policy_token_loss,
+    truncated_is_weights,
+)
 from metis_core.batch import (
     GroupedBatch,
     micro_batch_weight,
     micro_batches,
     pack_grouped,
     pack_sequences,
+    response_values,
 )
 from metis_core.config import TrainerConfig
-from metis_core.trainer.forward import full_logprobs, grouped_logprobs
+from metis_core.trainer.forward import full_logprobs, grouped_logprobs, logit_postprocess
 
 log = logging.getLogger(__name__)
 
 
+class EngineTrainerMismatch(RuntimeError):
+    """The trainer's log-probs of the sampled tokens are too far from the inference engine's."""
+
+
 @dataclass
 class RolloutBatch:
-    """B*n sampled sequences and their advantages."""
+    """B*n sampled sequences, their advantages, and how they were sampled."""
 
     prompt_ids: list[list[int]]
     response_ids: list[list[int]]
     advantages: list[float]
+    engine_logprobs: list[list[float]] | None = None
+    """The engine's log-prob of each sampled token (its sampling distribution); None skips the
+    mismatch check and the importance correction."""
+    temperature: float = 1.0
+    """The temperature the responses were sampled at."""
+    top_p: float = 1.0
+    """The nucleus mass they were sampled with."""
+    regexes: list[str | None] | None = None
+    """Per row, the regex its decoding was constrained to (None: unconstrained)."""
 
 
 @dataclass
@@ -51,6 +82,12 @@ class JudgmentBatch:
     judgment_ids: list[list[int]]
     rewards: list[float]
     baseline: float
+    engine_logprobs: list[list[float]] | None = None
+    """The engine's log-prob of each emitted judgment token; None skips check and correction."""
+    temperature: float = 1.0
+    """The temperature the judgments were sampled at."""
+    regexes: list[str | None] | None = None
+    """Per judgment, the regex its decoding was constrained to (None: unconstrained)."""
 
 
 def _free_port() -> int:
@@ -75,10 +112,12 @@ def init_single_process_distributed() -> None:
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
-def deepspeed_config(cfg: TrainerConfig, grad_accum: int) -> dict[str, Any]:
+def deepspeed_config(cfg: TrainerConfig) -> dict[str, Any]:
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-        "gradient_accumulation_steps": grad_accum,
+        "gradient_accumulation_steps": 1,
+        # Our loop owns the boundary: backward per micro-batch, one step() per epoch.
+        "managed_gradient_accumulation": False,
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
         "zero_allow_untested_optimizer": True,
@@ -94,14 +133,7 @@ def deepspeed_config(cfg: TrainerConfig, grad_accum: int) -> dict[str, Any]:
 
 
 class PolicyTrainer:
-    def __init__(
-        self,
-        model_dir: str | Path,
-        cfg: TrainerConfig,
-        rollouts_per_step: int,
-        judgments_per_step: int,
-        max_response_tokens: int,
-    ) -> None:
+    def __init__(self, model_dir: str | Path, cfg: TrainerConfig, max_response_tokens: int) -> None:
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
@@ -109,33 +141,46 @@ class PolicyTrainer:
 
         init_single_process_distributed()
         self.cfg = cfg
+        self.model_dir = str(model_dir)
         self.max_response_tokens = max_response_tokens
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
         model.config.use_cache = False
+        # Raises for a model whose logits are not its LM head's output up to a known post-processing.
+        self.postprocess = logit_postprocess(model)
         self.reference = None
         if cfg.kl_coef > 0:
             self.reference = AutoModelForCausalLM.from_pretrained(
-                str(model_dir), dtype=torch.float32
+                self.model_dir, dtype=torch.float32
             ).eval()
             self.reference.requires_grad_(False)
         self.pad_id = model.config.pad_token_id or model.config.eos_token_id or 0
-        # Every optimiser step sees the same number of micro-batches, so the accumulation count is fixed.
-        self.grad_accum = math.ceil(rollouts_per_step / cfg.micro_batch_size) + math.ceil(
-            judgments_per_step / cfg.micro_batch_size
-        )
+        self.vocab_size = model.get_output_embeddings().weight.shape[0]
+        self._constraints: Any = None
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(cfg, self.grad_accum)
+            model=model, optimizer=optimizer, config=deepspeed_config(cfg)
         )
         self.device = torch.device(self.engine.device)
         self.autocast = cfg.precision == "autocast-bf16"
 
     # ---- forward passes -------------------------------------------------------------------------
-    def _logprobs(self, batch: GroupedBatch, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """[N, S] log-probs of the batch's trained tokens under the policy (or `model`)."""
+    def _logprobs(
+        self,
+        batch: GroupedBatch,
+        temperature: float,
+        top_p: float = 1.0,
+        model: torch.nn.Module | None = None,
+    ) -> torch.Tensor:
+        """[N, S] log-probs of the batch's trained tokens under the policy (or `model`), in the
+        distribution they were sampled from: temperature, top-p, each row's decoding constraint."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return grouped_logprobs(
-                self.engine.module if model is None else model, batch, self.device
+                self.engine.module if model is None else model,
+                batch,
+                self.device,
+                postprocess=self.postprocess,
+                temperature=temperature,
+                top_p=top_p,
             )
 
     @torch.no_grad()
@@ -144,43 +189,89 @@ class PolicyTrainer:
         full precision so the sync check measures the engine, not autocast rounding."""
         self.engine.eval()
         batch = pack_sequences([token_ids[:1]], [token_ids[1:]], self.pad_id)
-        return full_logprobs(self.engine.module, batch, self.device)[0].tolist()
+        return full_logprobs(self.engine.module, batch, self.device, self.postprocess)[0].tolist()
+
+    def _bitmasks(
+        self, responses: Sequence[Sequence[int]], regexes: Sequence[str | None] | None
+    ) -> list[torch.Tensor | None] | None:
+        if not regexes or not any(regexes):
+            return None
+        if self._constraints is None:
+            from transformers import AutoTokenizer
+
+            from metis_core.trainer.constraints import ConstraintMasks
+
+            tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+            self._constraints = ConstraintMasks(tokenizer, self.vocab_size)
+        return [
+            None if regex is None else self._constraints.bitmask(regex, response)
+            for regex, response in zip(regexes, responses, strict=True)
+        ]
 
     def _pack(
-        self, prompts: list[list[int]], responses: list[list[int]]
-    ) -> list[tuple[slice, GroupedBatch]]:
-        """Micro-batches of consecutive rows, each grouped by shared prefix (see GroupedBatch)."""
-        return [
-            (s, pack_grouped(prompts[s], responses[s], self.pad_id))
-            for s in micro_batches(len(prompts), self.cfg.micro_batch_size)
-        ]
+        self,
+        prompts: list[list[int]],
+        responses: list[list[int]],
+        regexes: Sequence[str | None] | None,
+        engine_logprobs: list[list[float]] | None,
+    ) -> list[tuple[slice, GroupedBatch, torch.Tensor | None]]:
+        """Micro-batches of consecutive rows, each grouped by shared prefix (see GroupedBatch),
+        with the constraint masks of constrained rows and the engine's log-probs laid out like
+        the loss mask."""
+        masks = self._bitmasks(responses, regexes)
+        packs = []
+        for s in micro_batches(len(prompts), self.cfg.micro_batch_size):
+            mb = pack_grouped(
+                prompts[s], responses[s], self.pad_id, None if masks is None else masks[s]
+            )
+            engine_lp = (
+                None
+                if engine_logprobs is None
+                else response_values(mb.loss_mask, engine_logprobs[s])
+            )
+            packs.append((s, mb, engine_lp))
+        return packs
 
     # ---- the update -----------------------------------------------------------------------------
     def train_step(
         self, rollouts: RolloutBatch, judgments: JudgmentBatch | None, lam: float
     ) -> dict[str, float]:
-        """One optimiser step per PPO epoch on L_task + lam * L_judge. Returns scalar metrics."""
+        """One optimiser step per PPO epoch on L_task + lam * L_judge. Returns scalar metrics.
+
+        Raises EngineTrainerMismatch, before any weight changes, when the mean gap between the
+        trainer's and the engine's log-probs of the sampled tokens exceeds max_logprob_gap."""
         cfg = self.cfg
-        packs = self._pack(rollouts.prompt_ids, rollouts.response_ids)
+        packs = self._pack(
+            rollouts.prompt_ids, rollouts.response_ids, rollouts.regexes, rollouts.engine_logprobs
+        )
         advantages = torch.tensor(rollouts.advantages, dtype=torch.float32)
         n_seq = len(rollouts.prompt_ids)
-        total_tokens = sum(float(mb.loss_mask.sum()) for _, mb in packs)
-        old_logprobs = self._old_logprobs(packs) if cfg.ppo_epochs > 1 else None
+        total_tokens = sum(float(mb.loss_mask.sum()) for _, mb, _ in packs)
         judge_packs = None
         if judgments is not None and lam > 0 and judgments.prompt_ids:
-            judge_packs = self._pack(judgments.prompt_ids, judgments.judgment_ids)
-
+            judge_packs = self._pack(
+                judgments.prompt_ids,
+                judgments.judgment_ids,
+                judgments.regexes,
+                judgments.engine_logprobs,
+            )
+        # Filled on the first epoch, before any optimiser step: the trainer's log-probs of the
+        # sampled tokens ("old" for the PPO ratio) and the rollout-correction weights.
+        old: list[torch.Tensor] = []
+        is_weights: list[torch.Tensor | None] = []
+        mismatch: list[dict[str, float]] = []
         metrics: dict[str, float] = {}
-        for _epoch in range(cfg.ppo_epochs):
+        for epoch in range(cfg.ppo_epochs):
             self.engine.train()
-            sums = {"task_loss": 0.0, "clip_frac": 0.0, "kl": 0.0, "judge_loss": 0.0}
-            backward_calls = 0
-            for k, (s, mb) in enumerate(packs):
+            sums = {"task_loss": 0.0, "clip_frac": 0.0, "kl": 0.0}
+            for k, (s, mb, engine_lp) in enumerate(packs):
                 mask = mb.loss_mask.to(self.device)
-                logprobs = self._logprobs(mb)
-                old = logprobs.detach() if old_logprobs is None else old_logprobs[k].to(self.device)
+                logprobs = self._logprobs(mb, rollouts.temperature, rollouts.top_p)
+                if epoch == 0:
+                    old.append(logprobs.detach())
+                    is_weights.append(self._is_weights(logprobs, engine_lp, mask, mismatch))
                 token_loss, clipped = policy_token_loss(
-                    logprobs, old, advantages[s].to(self.device), cfg.clip_eps
+                    logprobs, old[k], advantages[s].to(self.device), cfg.clip_eps, is_weights[k]
                 )
                 weight = micro_batch_weight(mb.loss_mask, total_tokens, n_seq, cfg.loss_agg)
                 loss = agg_loss(token_loss, mask, cfg.loss_agg, self.max_response_tokens) * weight
@@ -188,7 +279,9 @@ class PolicyTrainer:
                 sums["clip_frac"] += float((clipped.float() * mask).sum()) / max(total_tokens, 1.0)
                 if self.reference is not None:
                     with torch.no_grad():
-                        ref = self._logprobs(mb, model=self.reference)
+                        ref = self._logprobs(
+                            mb, rollouts.temperature, rollouts.top_p, model=self.reference
+                        )
                     kl = (
                         agg_loss(kl_k3(logprobs, ref), mask, cfg.loss_agg, self.max_response_tokens)
                         * weight
@@ -196,47 +289,103 @@ class PolicyTrainer:
                     sums["kl"] += kl.item()
                     loss = loss + cfg.kl_coef * kl
                 self.engine.backward(loss, scale_wrt_gas=False)
-                self.engine.step()
-                backward_calls += 1
-            if judge_packs is not None:
-                backward_calls += self._judge_backward(judge_packs, judgments, lam, sums)  # type: ignore[arg-type]
-            if backward_calls != self.grad_accum:
-                raise RuntimeError(
-                    f"a step made {backward_calls} micro-batches but DeepSpeed was set up for {self.grad_accum}; "
-                    "every batch must hold B*n rollouts and B judgments"
-                )
-            metrics = dict(sums)
+            if epoch == 0:
+                metrics |= self._check_mismatch(mismatch, "mismatch")
+                if judge_packs is not None:  # on-policy: the first epoch only
+                    metrics |= self._judge_backward(judge_packs, judgments, lam)  # type: ignore[arg-type]
+            self.engine.step()
+            metrics |= sums
         grad_norm = self.engine.get_global_grad_norm()  # None where DeepSpeed did not compute it
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
         metrics["response_tokens"] = total_tokens
         return metrics
 
+    def _is_weights(
+        self,
+        logprobs: torch.Tensor,
+        engine_lp: torch.Tensor | None,
+        mask: torch.Tensor,
+        mismatch: list[dict[str, float]],
+    ) -> torch.Tensor | None:
+        """Record this micro-batch's engine/trainer gap; the TIS weights when correction is on."""
+        if engine_lp is None:
+            return None
+        engine_lp = engine_lp.to(self.device)
+        stats = logprob_mismatch(logprobs, engine_lp, mask)
+        if self.cfg.rollout_correction == "tis":
+            w = truncated_is_weights(logprobs, engine_lp, self.cfg.tis_cap)
+            m = mask.bool()
+            stats["tis_weight_mean"] = float(w[m].mean()) if m.any() else 1.0
+            stats["tis_truncated"] = (
+                float(
+                    (torch.exp((logprobs.detach() - engine_lp)[m]) > self.cfg.tis_cap)
+                    .float()
+                    .mean()
+                )
+                if m.any()
+                else 0.0
+            )
+            mismatch.append(stats)
+            return w
+        mismatch.append(stats)
+        return None
+
+    def _check_mismatch(self, parts: list[dict[str, float]], prefix: str) -> dict[str, float]:
+        """Token-weighted mismatch metrics over micro-batches; raises above the configured gap."""
+        tokens = sum(p["tokens"] for p in parts)
+        if not tokens:
+            return {}
+        out = {
+            f"{prefix}/logprob_gap_mean": sum(p["gap_mean"] * p["tokens"] for p in parts) / tokens,
+            f"{prefix}/logprob_gap_max": max(p["gap_max"] for p in parts),
+            f"{prefix}/kl": sum(p["kl"] * p["tokens"] for p in parts) / tokens,
+        }
+        for key in ("tis_weight_mean", "tis_truncated"):
+            if all(key in p for p in parts):
+                out[f"{prefix}/{key}"] = sum(p[key] * p["tokens"] for p in parts) / tokens
+        gap = out[f"{prefix}/logprob_gap_mean"]
+        if gap > self.cfg.max_logprob_gap:
+            raise EngineTrainerMismatch(
+                f"the trainer's log-probs of the sampled tokens differ from the inference engine's by "
+                f"{gap:.4f} nats per token on average ({prefix}; largest {out[f'{prefix}/logprob_gap_max']:.3f}), "
+                f"above trainer.max_logprob_gap = {self.cfg.max_logprob_gap}. The update was not applied. "
+                "The engine does not sample what the trainer trains on: check that model.dtype is "
+                "not lower than needed (try model.dtype=float32), that the engine holds the "
+                "trainer's weights, and that temperature/constraints match; raise the limit only "
+                "if this gap is expected."
+            )
+        return out
+
     def _judge_backward(
         self,
-        packs: list[tuple[slice, GroupedBatch]],
+        packs: list[tuple[slice, GroupedBatch, torch.Tensor | None]],
         judgments: JudgmentBatch,
         lam: float,
-        sums: dict[str, float],
-    ) -> int:
-        # log pi(judgment | judgment prompt) under the *unconstrained* policy: constrained decoding
-        # only chose which tokens were emitted; this forward pass scores them with the full softmax.
+    ) -> dict[str, float]:
+        # log pi(judgment | judgment prompt) of the distribution the judgment was sampled from:
+        # judge temperature, and the constraint's mask when judgments are constrained
+        # (docs/metis.md). Sequence-level TIS: one weight per judgment.
         rewards = torch.tensor(judgments.rewards, dtype=torch.float32)
         n = len(judgments.prompt_ids)
-        for s, mb in packs:
-            seq_logprob = (self._logprobs(mb) * mb.loss_mask.to(self.device)).sum(dim=-1)
-            loss = judge_loss(seq_logprob, rewards[s].to(self.device), judgments.baseline) * (
-                (s.stop - s.start) / n
-            )
-            sums["judge_loss"] += loss.item()
+        total, mismatch = 0.0, []
+        for s, mb, engine_lp in packs:
+            mask = mb.loss_mask.to(self.device)
+            logprobs = self._logprobs(mb, judgments.temperature)
+            seq_logprob = (logprobs * mask).sum(dim=-1)
+            weights = None
+            if engine_lp is not None:
+                engine_lp = engine_lp.to(self.device)
+                mismatch.append(logprob_mismatch(logprobs, engine_lp, mask))
+                if self.cfg.rollout_correction == "tis":
+                    weights = truncated_is_weights(
+                        seq_logprob, (engine_lp * mask).sum(dim=-1), self.cfg.tis_cap
+                    )
+            loss = judge_loss(seq_logprob, rewards[s].to(self.device), judgments.baseline, weights)
+            loss = loss * ((s.stop - s.start) / n)
+            total += loss.item()
             self.engine.backward(lam * loss, scale_wrt_gas=False)
-            self.engine.step()
-        return len(packs)
-
-    @torch.no_grad()
-    def _old_logprobs(self, packs: list[tuple[slice, GroupedBatch]]) -> list[torch.Tensor]:
-        self.engine.eval()
-        return [self._logprobs(mb).cpu() for _, mb in packs]
+        return {"judge_loss": total} | self._check_mismatch(mismatch, "mismatch/judge")
 
     # ---- weights out: sync and checkpoints ------------------------------------------------------
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:

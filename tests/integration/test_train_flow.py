@@ -103,8 +103,16 @@ def test_metrics_params_and_artifacts_logged(trained):
         "eval/pass_at_2",
         "time/update_s",
         "time/judge_s",
+        "mismatch/logprob_gap_mean",
+        "mismatch/logprob_gap_max",
+        "mismatch/kl",
+        "mismatch/tis_weight_mean",
+        "mismatch/judge/logprob_gap_mean",
     ):
         assert key in run.data.metrics, key
+    # fp32 engine and trainer score the sampled tokens alike: temperature and masks match
+    assert run.data.metrics["mismatch/logprob_gap_mean"] < 1e-3
+    assert run.data.metrics["mismatch/judge/logprob_gap_mean"] < 1e-3
     assert client.get_metric_history(run_id, "cost/rollouts")[-1].value == 2 * B * N
     # the initial policy is evaluated before any update, at step -1
     assert [m.step for m in client.get_metric_history(run_id, "eval/avg_at_2")] == [-1, 0, 1]
@@ -143,3 +151,30 @@ def test_prefect_saw_every_stage(trained):
 
 def test_progress_line_printed(trained):
     assert "step    1 | reward" in trained["stdout"]
+
+
+def test_a_run_stops_with_a_clear_message_when_engine_and_trainer_disagree(tiny_model, tmp_path):
+    """A gap between the engine's and the trainer's log-probs above trainer.max_logprob_gap stops
+    the run in the update, before the weights change; the message says what to check."""
+    import subprocess
+
+    from tests.conftest import REPO, metis_command, metis_env
+
+    out = tmp_path / "runs"
+    overrides = tiny_overrides(tiny_model, out, steps=1, extra=["trainer.max_logprob_gap=1e-9"])
+    done = subprocess.run(
+        metis_command("train", *set_args(overrides)),
+        cwd=REPO,
+        env=metis_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "EngineTrainerMismatch" in output
+    assert "above trainer.max_logprob_gap = 1e-09" in output
+    run_dir = only_run_dir(out)
+    assert not (run_dir / "checkpoints" / "latest.json").exists()
+    client, run_id = mlflow_run(run_dir)
+    assert client.get_run(run_id).info.status == "FAILED"

@@ -31,9 +31,7 @@ def test_update_then_sync(engine, tiny_model, zero_stage, ppo_epochs):
     cfg = TrainerConfig(
         lr=1e-3, zero_stage=zero_stage, ppo_epochs=ppo_epochs, micro_batch_size=4, precision="fp32"
     )
-    trainer = PolicyTrainer(
-        tiny_model, cfg, rollouts_per_step=8, judgments_per_step=2, max_response_tokens=8
-    )
+    trainer = PolicyTrainer(tiny_model, cfg, max_response_tokens=8)
     engine.load_weights(trainer.named_weights())  # the engine may hold an earlier test's weights
     prompt = engine.tokenizer.encode("What is 2 + 3? The answer is", add_special_tokens=False)
     groups = engine.generate([prompt, prompt], n=4, temperature=1.0, max_tokens=8)
@@ -62,3 +60,36 @@ def test_update_then_sync(engine, tiny_model, zero_stage, ppo_epochs):
     engine_after = engine.sequence_logprobs(probe)
     assert max_gap(engine_after, trainer.sequence_logprobs(probe)) < TOLERANCE
     assert max_gap(engine_after, engine_before) > 1e-3
+
+
+def test_the_judge_term_is_applied_once_whatever_ppo_epochs(tiny_model):
+    """REINFORCE is on-policy: the judge's gradient enters the first epoch's step only, so its
+    weight does not grow with ppo_epochs. Zero advantages leave the judge term alone in the loss."""
+    from metis_core.config import TrainerConfig
+    from metis_core.trainer.policy_trainer import JudgmentBatch, PolicyTrainer, RolloutBatch
+
+    trainer = PolicyTrainer(
+        tiny_model, TrainerConfig(ppo_epochs=3, micro_batch_size=4), max_response_tokens=8
+    )
+    grads: list[float] = []
+    step = trainer.engine.step
+
+    def recording_step(*args, **kwargs):
+        grads.append(
+            sum(
+                float(p.grad.abs().sum())
+                for p in trainer.engine.module.parameters()
+                if p.grad is not None
+            )
+        )
+        return step(*args, **kwargs)
+
+    trainer.engine.step = recording_step
+    prompt = [1, 500, 600, 700]
+    rollouts = RolloutBatch([prompt] * 4, [[5, 6], [7, 8], [9], [10, 11]], [0.0] * 4)
+    judgments = JudgmentBatch([prompt, prompt], [[30, 31], [32]], [1.0, 0.0], baseline=0.5)
+    metrics = trainer.train_step(rollouts, judgments, lam=1.0)
+    assert len(grads) == 3
+    assert grads[0] > 0.0
+    assert grads[1] == grads[2] == 0.0
+    assert metrics["judge_loss"] != 0.0

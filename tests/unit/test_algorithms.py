@@ -7,12 +7,15 @@ from metis_core.algorithms import (
     MovingAverageBaseline,
     agg_loss,
     group_advantages,
+    is_zero_variance,
     judge_loss,
     judge_reward,
     kl_k3,
+    logprob_mismatch,
     pass_at_k,
     policy_token_loss,
     realised_variance,
+    truncated_is_weights,
 )
 
 
@@ -138,3 +141,71 @@ def test_spearman_and_judge_quality():
     assert q["judge/mae"] == pytest.approx(0.075)
     assert q["judge/parse_failure_rate"] == pytest.approx(1 / 3)
     assert q["judge/mean_v_hat"] == pytest.approx(0.15)
+
+
+def test_constant_continuous_rewards_are_zero_variance():
+    # eight rollouts that each passed 2 of 3 tests: float32 gives 3.6e-15 with a plain var()
+    rewards = torch.full((1, 8), 2 / 3, dtype=torch.float32)
+    assert rewards.var(dim=-1, unbiased=False).item() != 0.0  # the bug this guards against
+    assert realised_variance(rewards).item() == 0.0
+    assert torch.equal(group_advantages(rewards), torch.zeros_like(rewards))
+    assert is_zero_variance(float(rewards.var(dim=-1, unbiased=False)))
+    # a small real spread is kept
+    spread = torch.tensor([[0.5] * 7 + [0.51]])
+    assert realised_variance(spread).item() > 0.0
+    assert not is_zero_variance(float(realised_variance(spread)))
+
+
+def test_zero_variance_fraction_counts_constant_continuous_groups():
+    from metis_core.stages.report import _outcome_metrics
+
+    verified = [
+        {"rewards": [2 / 3] * 8, "realised_variance": 3.6e-15},
+        {"rewards": [0.0, 1.0] * 4, "realised_variance": 0.25},
+    ]
+    metrics = _outcome_metrics(verified, "train", "judge", judged=False)
+    assert metrics["train/zero_variance_fraction"] == 0.5
+
+
+def test_truncated_is_weights_by_hand():
+    trainer = torch.tensor([[-1.0, -2.0, -0.5]])
+    engine = torch.tensor([[-1.0, -1.0, -3.0]])
+    # ratios 1, e^-1, e^2.5 -> capped at 2
+    expected = torch.tensor([[1.0, math.exp(-1.0), 2.0]])
+    assert torch.allclose(truncated_is_weights(trainer, engine, cap=2.0), expected)
+    assert not truncated_is_weights(trainer.requires_grad_(), engine, 2.0).requires_grad
+
+
+def test_policy_loss_with_is_weights_scales_each_token():
+    lp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    weights = torch.tensor([[0.5, 2.0]])
+    loss, _ = policy_token_loss(lp, lp.detach(), torch.tensor([1.0]), 0.2, weights)
+    assert torch.allclose(loss, torch.tensor([[-0.5, -2.0]]))
+    loss.sum().backward()
+    assert torch.allclose(lp.grad, torch.tensor([[-0.5, -2.0]]))  # -A * w * d ratio
+
+
+def test_policy_loss_survives_wild_log_ratios():
+    lp = torch.tensor([[0.0]])
+    loss, _ = policy_token_loss(lp, torch.tensor([[-500.0]]), torch.tensor([-1.0]), 0.2)
+    assert torch.isfinite(loss).all()
+
+
+def test_logprob_mismatch_by_hand():
+    trainer = torch.tensor([[-1.0, -2.0, 0.0]])
+    engine = torch.tensor([[-1.5, -2.0, -9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    stats = logprob_mismatch(trainer, engine, mask)
+    assert stats["gap_mean"] == pytest.approx(0.25)
+    assert stats["gap_max"] == pytest.approx(0.5)
+    assert stats["tokens"] == 2
+    # k3 of log-ratio 0.5 and 0: (e^0.5 - 0.5 - 1 + 0) / 2
+    assert stats["kl"] == pytest.approx((math.exp(0.5) - 1.5) / 2)
+
+
+def test_judge_loss_with_is_weights():
+    lp = torch.tensor([-2.0, -3.0])
+    rewards = torch.tensor([1.0, 0.0])
+    w = torch.tensor([2.0, 0.5])
+    # -((1-0.5)*2*(-2) + (0-0.5)*0.5*(-3)) / 2
+    assert judge_loss(lp, rewards, 0.5, w).item() == pytest.approx(-(-2.0 + 0.75) / 2)

@@ -82,3 +82,14 @@ def test_steps_table_and_unknown_table(store):
     assert store.count("steps", "r") == 1
     with pytest.raises(ValueError):
         store.count("prompts; DROP TABLE outcomes", "r")
+
+
+def test_constant_continuous_rewards_have_zero_variance_in_queries(store):
+    store.record_outcomes(outcome_rows("r", 0, "a", [2 / 3] * 8))
+    store.record_outcomes(outcome_rows("r", 0, "b", [0.5] * 7 + [0.51]))
+    stats = store.prompt_stats("r").set_index("prompt_id")
+    assert stats.loc["a", "reward_variance"] == 0.0
+    assert stats.loc["b", "reward_variance"] > 0.0
+    recent = {prompt: v for prompt, v, _ in store.recent_variances("r", 1, 10)}
+    assert recent["text a"] == 0.0
+    assert recent["text b"] > 0.0
