@@ -46,7 +46,10 @@ def update(
             judgment_ids=[c["judgment_token_ids"] for c in chosen],
             rewards=rewards,
             baseline=run.baseline.current(batch_mean),
-            engine_logprobs=[c["judgment_logprobs"] for c in chosen],
+            # absent from judgments written before the engine reported them (a resumed old run)
+            engine_logprobs=None
+            if any(c.get("judgment_logprobs") is None for c in chosen)
+            else [c["judgment_logprobs"] for c in chosen],
             temperature=run.cfg.judge.temperature,
             regexes=[judgment_regex(run.cfg)] * len(chosen),
         )
