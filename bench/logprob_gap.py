@@ -4,7 +4,8 @@
 
 16 training prompts of the default pool, 8 rollouts each at temperatures 0.7 and 1.0, scored by
 the trainer at the sampling temperature and at 1.0; 16 constrained judgments scored under the
-constraint's mask and without it. Prints metis_core.algorithms.logprob_mismatch for each.
+constraint's mask and without it; then one update (lr 1e-5, random advantages) and a sync, and
+the rollouts again. Prints metis_core.algorithms.logprob_mismatch for each.
 Numbers in docs/metis.md ("What the update trains on").
 """
 
@@ -29,13 +30,14 @@ def main() -> None:
     from metis_core.launch import build_run_pool, configure_runtime_environment
     from metis_core.model.weights import resolve_model
     from metis_core.run import task_prompt_ids
-    from metis_core.trainer.policy_trainer import PolicyTrainer
+    from metis_core.trainer.policy_trainer import PolicyTrainer, RolloutBatch
 
     configure_runtime_environment()
     cfg = RunConfig()
     model_dir = resolve_model(cfg.model.path)
     engine = PolicyEngine(model_dir, args.engine_dtype, cfg.model.max_model_len, seed=0)
-    trainer = PolicyTrainer(model_dir, TrainerConfig(), max_response_tokens=24)
+    # no limit on the gap here: this measures it
+    trainer = PolicyTrainer(model_dir, TrainerConfig(max_logprob_gap=100.0), max_response_tokens=24)
     tok = engine.tokenizer
     rows = [r for r in build_run_pool(cfg) if r["split"] == "train"][: args.prompts]
 
@@ -84,6 +86,23 @@ def main() -> None:
     masks = trainer._bitmasks(ids, [JUDGMENT_REGEX] * len(ids))
     report("judgments, trainer under the constraint's mask", judge_prompts, ids, lps, 1.0, masks)
     report("judgments, trainer unmasked", judge_prompts, ids, lps, 1.0)
+
+    t = cfg.rollout.temperature
+
+    def rollouts():
+        groups = engine.generate(
+            prompts, n=cfg.rollout.n, temperature=t, max_tokens=math.max_tokens, stop=math.stop
+        )
+        flat = [(p, c) for p, g in zip(prompts, groups, strict=True) for c in g]
+        return [p for p, _ in flat], [c.token_ids for _, c in flat], [c.logprobs for _, c in flat]
+
+    ps, rs, ls = rollouts()
+    gen = torch.Generator().manual_seed(0)
+    advantages = (0.3 * torch.randn(len(ps), generator=gen)).tolist()
+    trainer.train_step(RolloutBatch(ps, rs, advantages, ls, temperature=t), None, lam=0.0)
+    report(f"after one update, before the sync (T={t})", *rollouts(), t)
+    engine.load_weights(trainer.named_weights())
+    report(f"after one update and the sync (T={t})", *rollouts(), t)
 
 
 if __name__ == "__main__":

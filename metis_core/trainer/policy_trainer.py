@@ -133,7 +133,15 @@ def deepspeed_config(cfg: TrainerConfig) -> dict[str, Any]:
 
 
 class PolicyTrainer:
-    def __init__(self, model_dir: str | Path, cfg: TrainerConfig, max_response_tokens: int) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        cfg: TrainerConfig,
+        max_response_tokens: int,
+        engine_dtype: str = "float32",
+    ) -> None:
+        """`engine_dtype`: the inference engine's dtype, which sets the default limit on the
+        engine/trainer log-prob gap (TrainerConfig.logprob_gap_limit)."""
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
         import deepspeed
@@ -143,6 +151,7 @@ class PolicyTrainer:
         self.cfg = cfg
         self.model_dir = str(model_dir)
         self.max_response_tokens = max_response_tokens
+        self.max_logprob_gap = cfg.logprob_gap_limit(engine_dtype)
         model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
         model.config.use_cache = False
         # Raises for a model whose logits are not its LM head's output up to a known post-processing.
@@ -345,15 +354,15 @@ class PolicyTrainer:
             if all(key in p for p in parts):
                 out[f"{prefix}/{key}"] = sum(p[key] * p["tokens"] for p in parts) / tokens
         gap = out[f"{prefix}/logprob_gap_mean"]
-        if gap > self.cfg.max_logprob_gap:
+        if gap > self.max_logprob_gap:
             raise EngineTrainerMismatch(
                 f"the trainer's log-probs of the sampled tokens differ from the inference engine's by "
                 f"{gap:.4f} nats per token on average ({prefix}; largest {out[f'{prefix}/logprob_gap_max']:.3f}), "
-                f"above trainer.max_logprob_gap = {self.cfg.max_logprob_gap}. The update was not applied. "
-                "The engine does not sample what the trainer trains on: check that model.dtype is "
-                "not lower than needed (try model.dtype=float32), that the engine holds the "
-                "trainer's weights, and that temperature/constraints match; raise the limit only "
-                "if this gap is expected."
+                f"above trainer.max_logprob_gap = {self.max_logprob_gap}. The update was not applied. "
+                "The engine does not sample what the trainer trains on: check that the engine holds "
+                "the trainer's weights and samples with the temperature and constraints the "
+                "trainer is given; a bfloat16 engine drifts from an fp32 trainer (model.dtype="
+                "float32 removes that). Raise the limit only if this gap is expected."
             )
         return out
 

@@ -1,7 +1,7 @@
 """The trainer scores sampled tokens under the distribution the engine sampled them from: the
 rollout temperature, the decoding constraint's mask, the engine's precision gap measured and, past
-the limit, refused. Real vLLM and DeepSpeed on the tiny Llama, in the engine's default dtype
-(bf16) and in fp32."""
+the limit, refused. Real vLLM and DeepSpeed on the tiny Llama, with the engine in fp32 (the
+default) and in bf16."""
 
 import pytest
 import torch
@@ -13,7 +13,7 @@ from metis_core.judgment import JUDGMENT_REGEX
 pytestmark = pytest.mark.integration
 
 FP32_TOLERANCE = 1e-4  # mean gap per token, both fp32: measured ~1e-6
-BF16_TOLERANCE = 0.05  # bf16 engine vs fp32 trainer: SmolLM2-135M measured 0.03 (docs/metis.md)
+BF16_TOLERANCE = 0.05  # bf16 engine vs fp32 trainer, same weights: SmolLM2 measured 0.03
 PROMPTS = ["What is 2 + 3? The answer is", "Name a colour:", "12 * 4 ="]
 
 

@@ -28,8 +28,8 @@ def test_default_config_runs_on_the_embedded_model(tmp_path):
     client, run_id = mlflow_run(run_dir)
     metrics = client.get_run(run_id).data.metrics
     assert "eval/avg_at_4" in metrics  # the final evaluation always runs
-    # default dtypes (bf16 engine, fp32 trainer): the sampled tokens' log-probs agree closely,
-    # and TIS reweights by ratios near 1 (measured gap ~0.03 nats per token, docs/metis.md)
-    assert 0.0 < metrics["mismatch/logprob_gap_mean"] < 0.06
-    assert 0.0 < metrics["mismatch/judge/logprob_gap_mean"] < 0.06
-    assert 0.9 < metrics["mismatch/tis_weight_mean"] < 1.1
+    # default dtypes (fp32 engine and trainer): the trainer scores the sampled tokens as the
+    # engine sampled them, at the rollout temperature and under the judgment constraint
+    assert metrics["mismatch/logprob_gap_mean"] < 1e-3
+    assert metrics["mismatch/judge/logprob_gap_mean"] < 1e-3
+    assert abs(metrics["mismatch/tis_weight_mean"] - 1.0) < 1e-3
