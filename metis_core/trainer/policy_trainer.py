@@ -110,6 +110,23 @@ def init_single_process_distributed() -> None:
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    _forget_destroyed_groups()
+
+
+def _forget_destroyed_groups() -> None:
+    """vLLM's in-process engine destroys torch.distributed's process groups when it shuts down,
+    behind DeepSpeed's back, and DeepSpeed keeps its clone of the world group. A trainer made after
+    an engine restart then fails in `deepspeed.initialize` ("Group ... is not registered"): drop
+    DeepSpeed's references to groups that no longer exist, so it builds fresh ones."""
+    from deepspeed.utils import groups
+
+    world = getattr(groups, "_WORLD_GROUP", None)
+    if world is None:
+        return
+    try:
+        torch.distributed.get_global_rank(world, 0)
+    except ValueError:  # the group was destroyed
+        groups._release_process_group_references()
 
 
 def deepspeed_config(cfg: TrainerConfig) -> dict[str, Any]:
@@ -322,23 +339,15 @@ class PolicyTrainer:
             return None
         engine_lp = engine_lp.to(self.device)
         stats = logprob_mismatch(logprobs, engine_lp, mask)
-        if self.cfg.rollout_correction == "tis":
-            w = truncated_is_weights(logprobs, engine_lp, self.cfg.tis_cap)
-            m = mask.bool()
-            stats["tis_weight_mean"] = float(w[m].mean()) if m.any() else 1.0
-            stats["tis_truncated"] = (
-                float(
-                    (torch.exp((logprobs.detach() - engine_lp)[m]) > self.cfg.tis_cap)
-                    .float()
-                    .mean()
-                )
-                if m.any()
-                else 0.0
-            )
-            mismatch.append(stats)
-            return w
         mismatch.append(stats)
-        return None
+        if self.cfg.rollout_correction != "tis":
+            return None
+        weights = truncated_is_weights(logprobs, engine_lp, self.cfg.tis_cap)
+        trained = weights[mask.bool()]
+        if trained.numel():
+            stats["tis_weight_mean"] = float(trained.mean())
+            stats["tis_truncated"] = float((trained >= self.cfg.tis_cap).float().mean())
+        return weights
 
     def _check_mismatch(self, parts: list[dict[str, float]], prefix: str) -> dict[str, float]:
         """Token-weighted mismatch metrics over micro-batches; raises above the configured gap."""
