@@ -3,9 +3,10 @@
     .venv/bin/python bench/summarize_runs.py runs/metis-default-*        # e.g. three seeds
 
 Reads each run's metrics from MLflow (the run folder's run.json says where): held-out avg@k
-before training (step -1), at the middle evaluation and at the end; the judge's quality on the
-selected prompts averaged over the steps after warm-up; the share of zero-variance groups; the
-engine/trainer log-prob gap; seconds per iteration. Prints a markdown table.
+before training (step -1), at the middle evaluation and at the end; the judge audit (random
+prompts) and the judge's quality on the selected prompts, averaged over the steps from
+--from-step on; the share of zero-variance groups; the engine/trainer log-prob gap; seconds per
+iteration. Columns a run did not log are NaN. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -37,8 +38,13 @@ def summarize(run_dir: Path, first_step: int) -> dict[str, float]:
     evals = _history(client, run_id, f"eval/avg_at_{k}")
     steps = sorted(s for s in evals if s >= 0)
 
-    def after_warmup(key: str) -> float:
-        return _mean([v for s, v in _history(client, run_id, key).items() if s >= first_step])
+    def after_warmup(*keys: str) -> float:
+        """The first of `keys` the run logged (metric names from older versions come second)."""
+        for key in keys:
+            values = _history(client, run_id, key)
+            if values:
+                return _mean([v for s, v in values.items() if s >= first_step])
+        return math.nan
 
     row = {
         "seed": config["seed"],
@@ -46,18 +52,22 @@ def summarize(run_dir: Path, first_step: int) -> dict[str, float]:
         f"avg@{k} mid": evals[steps[len(steps) // 2 - 1]] if len(steps) > 1 else math.nan,
         f"avg@{k} end": evals[steps[-1]] if steps else math.nan,
     }
-    for key, name in (
-        ("judge/spearman", "judge rho (selected)"),
-        ("judge/mae", "judge MAE"),
-        ("judge/mean_v_hat", "mean v_hat"),
-        ("judge/mean_v", "mean v"),
-        ("judge/parse_failure_rate", "parse failures"),
-        ("train/zero_variance_fraction", "zero-var share"),
-        ("train/reward_mean", "train reward"),
-        ("mismatch/logprob_gap_mean", "logprob gap"),
-        ("time/iteration_s", "s / iteration"),
+    for keys, name in (
+        (("audit/spearman",), "audit rho"),
+        (("audit/top_b_lift",), "audit top-B lift"),
+        (("audit/top_b_nonzero_share",), "audit top-B non-zero"),
+        (("audit/nonzero_share",), "audit non-zero"),
+        (("judge/selected/spearman", "judge/spearman"), "judge rho (selected)"),
+        (("judge/selected/mae", "judge/mae"), "judge MAE (selected)"),
+        (("judge/selected/mean_v_hat", "judge/mean_v_hat"), "mean v_hat (selected)"),
+        (("judge/selected/mean_v", "judge/mean_v"), "mean v (selected)"),
+        (("judge/parse_failure_rate",), "parse failures"),
+        (("train/zero_variance_fraction",), "zero-var share"),
+        (("train/reward_mean",), "train reward"),
+        (("mismatch/logprob_gap_mean",), "logprob gap"),
+        (("time/iteration_s",), "s / iteration"),
     ):
-        row[name] = after_warmup(key)
+        row[name] = after_warmup(*keys)
     return row
 
 

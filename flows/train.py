@@ -30,6 +30,7 @@ def metis_iteration(
     extra |= stages.sync(run_id, step)  # new weights into vLLM, checked
     if evaluate_now:
         extra |= stages.evaluate(run_id, step)  # held-out avg@k, pass@k
+        extra |= stages.audit(run_id, step)  # judge quality on a random sample, charged to eval
     metrics = stages.log_iteration(run_id, step, rollouts, verified, judgments, extra)
     if checkpoint_now:  # last: a checkpoint at step s means step s is fully recorded
         stages.checkpoint(run_id, step)
@@ -73,7 +74,7 @@ def train(
                 f"metis: resumed {run.run_id} from its latest checkpoint: continuing at step {run.start_step}"
             )
         elif cfg.eval.at_start:
-            initial = stages.evaluate(run.run_id, -1)
+            initial = stages.evaluate(run.run_id, -1) | stages.audit(run.run_id, -1)
             run.tracker.log_metrics(initial, -1)
             tqdm.write(
                 f"initial policy | heldout avg@{cfg.eval.samples} {initial[f'eval/avg_at_{cfg.eval.samples}']:.3f}"
@@ -107,11 +108,16 @@ def progress_line(m: dict[str, float], k: int, short: bool = False) -> str:
     ]
     if f"eval/avg_at_{k}" in m:
         parts.append(f"heldout avg@{k} {m[f'eval/avg_at_{k}']:.3f}")
-    if "judge/spearman" in m:
-        rho = m["judge/spearman"]
-        parts.append(f"judge rho {'n/a' if math.isnan(rho) else f'{rho:+.2f}'}")
+    if "audit/spearman" in m:
+        parts.append(f"audit rho {_signed(m['audit/spearman'])} lift {m['audit/top_b_lift']:.2f}")
+    if "judge/selected/spearman" in m:
+        parts.append(f"judge rho (selected) {_signed(m['judge/selected/spearman'])}")
         parts.append(f"parse-fail {m['judge/parse_failure_rate']:.0%}")
     if not short:
         times = " ".join(f"{k[5:-2]} {v:.1f}s" for k, v in m.items() if k.startswith("time/"))
         parts.append(times)
     return " | ".join(parts)
+
+
+def _signed(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:+.2f}"

@@ -299,6 +299,11 @@ class EvalConfig(_Section):
     """Held-out prompts used per evaluation."""
     temperature: float = Field(0.7, gt=0)
     """Sampling temperature of evaluation completions."""
+    audit_prompts: int = Field(32, ge=0)
+    """Size of the judge audit run with every evaluation (and before training): this many
+    training prompts drawn at random, scored by the sampler as it would score candidates, and
+    rolled out (rollout.n each, at the rollout temperature) to measure how well the scores rank
+    them (docs/metis.md). Its rollouts are charged to evaluation and never trained on. 0: off."""
 
 
 class RunConfig(_Section):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from metis_core.algorithms import pass_at_k
+from metis_core.algorithms import is_zero_variance, pass_at_k
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -47,6 +47,65 @@ def judge_quality(
         "judge/mean_v": float(np.mean(vv)) if ok else math.nan,
         "judge/parse_failure_rate": 1.0 - len(ok) / len(parsed) if parsed else math.nan,
     }
+
+
+def audit_metrics(
+    scores: Sequence[float],
+    v_hat: Sequence[float | None],
+    v: Sequence[float],
+    top: Sequence[int],
+) -> dict[str, float]:
+    """Judge quality over an audit set: candidates drawn at random, each scored by the sampler and
+    rolled out, so no selection biases the sample. Keys without prefix:
+
+    spearman: rho(scores, v) over the whole set (NaN when either side is constant);
+    top_b_lift: mean v of the sampler's top picks (`top`, indices) / mean v of the set (NaN when
+      the set's mean v is 0); 1 is chance;
+    top_b_nonzero_share, nonzero_share: share of non-zero-variance prompts among the top picks and
+      in the whole set;
+    mae, bias: mean |v_hat - v| and mean (v_hat - v) over parsed judgments (NaN without any);
+    parse_failure_rate: share of judgments that did not parse (NaN when nothing was judged);
+    mean_v, mean_v_hat: the set's mean realised variance and mean prediction.
+    """
+    v_all = np.asarray(v, dtype=float)
+    chosen = v_all[list(top)]
+    mean_v = float(v_all.mean())
+    parsed = [i for i, x in enumerate(v_hat) if x is not None]
+    errors = np.asarray([v_hat[i] - v[i] for i in parsed], dtype=float)  # type: ignore[operator]
+    nonzero = np.asarray([not is_zero_variance(x) for x in v_all])
+    return {
+        "spearman": spearman(scores, v),
+        "top_b_lift": float(chosen.mean()) / mean_v if mean_v > 0 else math.nan,
+        "top_b_nonzero_share": float(nonzero[list(top)].mean()),
+        "nonzero_share": float(nonzero.mean()),
+        "mae": float(np.abs(errors).mean()) if parsed else math.nan,
+        "bias": float(errors.mean()) if parsed else math.nan,
+        "parse_failure_rate": 1.0 - len(parsed) / len(v_hat) if v_hat else math.nan,
+        "mean_v": mean_v,
+        "mean_v_hat": float(np.mean([v_hat[i] for i in parsed])) if parsed else math.nan,
+    }
+
+
+def grouped_audit_metrics(
+    scores: Sequence[float],
+    v_hat: Sequence[float | None],
+    v: Sequence[float],
+    budget: int,
+    groups: Sequence[str],
+    top: Callable[[Sequence[float], int], list[int]],
+) -> dict[str, dict[str, float]]:
+    """audit_metrics over the whole set ("" key) and within each group (domain or task). Within a
+    group the top picks are its share of the budget, max(1, round(budget * size / total)), taken
+    by `top(scores, k)` among the group's own candidates."""
+    out = {"": audit_metrics(scores, v_hat, v, top(scores, budget))}
+    for name in sorted(set(groups)):
+        idx = [i for i, g in enumerate(groups) if g == name]
+        k = max(1, round(budget * len(idx) / len(groups)))
+        sub_scores = [scores[i] for i in idx]
+        out[name] = audit_metrics(
+            sub_scores, [v_hat[i] for i in idx], [v[i] for i in idx], top(sub_scores, k)
+        )
+    return out
 
 
 def spread_over_domains(rows: list[dict], limit: int) -> list[dict]:

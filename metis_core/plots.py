@@ -11,8 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
-def judge_calibration(v_hat: Sequence[float], v: Sequence[float], steps: Sequence[int]) -> Figure:
-    """Predicted vs realised reward variance of every selected prompt, coloured by step."""
+def judge_calibration(
+    v_hat: Sequence[float], v: Sequence[float], steps: Sequence[int], which: str
+) -> Figure:
+    """Predicted vs realised reward variance of each judged prompt, coloured by step; `which`
+    says which prompts (the selected ones are a biased sample, the audit's a random one)."""
     fig, ax = plt.subplots(figsize=(5, 5))
     points = ax.scatter(v_hat, v, c=steps, cmap="viridis", s=18, alpha=0.8)
     ax.plot(
@@ -23,7 +26,7 @@ def judge_calibration(v_hat: Sequence[float], v: Sequence[float], steps: Sequenc
         ylim=(-0.01, 0.26),
         xlabel="predicted variance v_hat",
         ylabel="realised variance v",
-        title="Self-judgment calibration (selected prompts)",
+        title=f"Self-judgment calibration ({which})",
     )
     fig.colorbar(points, ax=ax, label="step")
     ax.legend(loc="upper left")
@@ -41,5 +44,29 @@ def training_curves(steps: Sequence[int], series: dict[str, Sequence[float]]) ->
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def audit_curves(steps: Sequence[int], series: dict[str, Sequence[float]]) -> Figure:
+    """The judge audit over steps: rank correlation and top-B lift (chance = 1) on the left, the
+    non-zero-variance share of the top-B against the whole audit set on the right."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(steps, series["spearman"], marker="o", label="Spearman rho (scores vs v)")
+    left.plot(steps, series["top_b_lift"], marker="s", label="top-B lift (mean v top-B / all)")
+    left.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    left.axhline(0.0, color="grey", linestyle="--", linewidth=1)
+    left.set(xlabel="step (-1: before training)", title="Judge audit: ranking")
+    left.legend(fontsize=8)
+    right.plot(steps, series["top_b_nonzero_share"], marker="o", label="judge's top-B")
+    right.plot(steps, series["nonzero_share"], marker="s", label="whole audit set")
+    right.set(
+        xlabel="step (-1: before training)",
+        ylim=(-0.02, 1.02),
+        title="Share of prompts with non-zero reward variance",
+    )
+    right.legend(fontsize=8)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -16,6 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from metis_core.judgment import CalibrationExample
+from metis_core.stages import audit as audit_stage
 from metis_core.stages import curriculum, outcomes, policy, report
 from tasks.runtime import live_run
 
@@ -104,6 +105,13 @@ def evaluate(run_id: str, step: int) -> dict[str, float]:
     run = live_run(run_id)
     with run.timed("evaluate"):
         return policy.evaluate(run, step)
+
+
+@_always("audit")
+def audit(run_id: str, step: int) -> dict[str, float]:
+    run = live_run(run_id)
+    with run.timed("audit"):
+        return audit_stage.audit(run, step)
 
 
 @_always("checkpoint")

@@ -66,48 +66,68 @@ def draw_candidates(run: Run, step: int) -> list[dict]:
     return picks
 
 
+def judge_rows(
+    run: Run, rows: list[dict], memory: dict[str, list[CalibrationExample]]
+) -> list[dict]:
+    """The policy's judgment of each pool row: v_hat (None when unparsable), the judgment text,
+    and the judgment prompt / emitted token ids (with the engine's log-probs of them) that the
+    judge loss trains on. One engine call for all rows."""
+    cfg = run.cfg.judge
+    tok = run.engine.tokenizer
+    prompts = []
+    for row in rows:
+        messages = judgment_messages(
+            row["prompt"],
+            memory[row["domain"]],
+            run.truncate,
+            cfg.example_max_tokens,
+            cfg.candidate_max_tokens,
+        )
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompts.append(tok.encode(text, add_special_tokens=False))
+    outputs = run.engine.generate(
+        prompts,
+        n=1,
+        temperature=cfg.temperature,
+        max_tokens=cfg.max_tokens,
+        regex=judgment_regex(run.cfg),
+    )
+    return [
+        {
+            "v_hat": parse_judgment(out.text).v_hat,
+            "text": out.text,
+            "prompt_token_ids": prompt,
+            "judgment_token_ids": out.token_ids,
+            "judgment_logprobs": out.logprobs,
+        }
+        for prompt, (out,) in zip(prompts, outputs, strict=True)
+    ]
+
+
 def judge(run: Run, step: int, memory: dict[str, list[CalibrationExample]]) -> Path:
     """The policy predicts v_hat for every candidate (for samplers that ask for judgments).
 
-    Writes judgments.json: per candidate its id, v_hat (None when unparsable), the judgment text,
-    and the judgment prompt / emitted token ids (with the engine's log-probs of them) the judge
-    loss trains on.
+    Writes judgments.json: per candidate its id and, when judged, what `judge_rows` returns.
     """
-    cfg = run.cfg.judge
     candidates = draw_candidates(run, step)
     rows = [{"prompt_id": c["prompt_id"]} for c in candidates]
     if run.sampler.needs_judgment:
-        tok = run.engine.tokenizer
-        prompts = []
-        for c in candidates:
-            messages = judgment_messages(
-                c["prompt"],
-                memory[c["domain"]],
-                run.truncate,
-                cfg.example_max_tokens,
-                cfg.candidate_max_tokens,
-            )
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            prompts.append(tok.encode(text, add_special_tokens=False))
-        outputs = run.engine.generate(
-            prompts,
-            n=1,
-            temperature=cfg.temperature,
-            max_tokens=cfg.max_tokens,
-            regex=judgment_regex(run.cfg),
-        )
-        for row, prompt, (out,) in zip(rows, prompts, outputs, strict=True):
-            row.update(
-                v_hat=parse_judgment(out.text).v_hat,
-                text=out.text,
-                prompt_token_ids=prompt,
-                judgment_token_ids=out.token_ids,
-                judgment_logprobs=out.logprobs,
-            )
+        for row, judged in zip(rows, judge_rows(run, candidates, memory), strict=True):
+            row.update(judged)
     memory_size = min(len(memory[c["domain"]]) for c in candidates)
     return write_json(
         run.step_file(step, "judgments"), {"memory_size": memory_size, "candidates": rows}
     )
+
+
+def sampler_scores(run: Run, candidates: list[dict]) -> list[float]:
+    """The sampler's score of each candidate (judged ones carry `v_hat`; an unparsable judgment
+    scores judge.parse_failure_score)."""
+    v_hat = None
+    if run.sampler.needs_judgment:
+        fallback = run.cfg.judge.parse_failure_score
+        v_hat = [fallback if c["v_hat"] is None else c["v_hat"] for c in candidates]
+    return run.sampler.score([c["prompt_id"] for c in candidates], v_hat)
 
 
 def select(run: Run, step: int, judgments_file: Path) -> Path:
@@ -121,14 +141,10 @@ def select(run: Run, step: int, judgments_file: Path) -> Path:
     data = read_json(judgments_file)
     candidates = data["candidates"]
     ids = [c["prompt_id"] for c in candidates]
-    v_hat = None
-    if run.sampler.needs_judgment:
-        fallback = run.cfg.judge.parse_failure_score
-        v_hat = [fallback if c["v_hat"] is None else c["v_hat"] for c in candidates]
     warmup = step < run.cfg.curriculum.warmup_steps or (
         run.sampler.needs_judgment and data["memory_size"] < run.cfg.judge.k_examples
     )
-    scores = [0.0] * len(ids) if warmup else run.sampler.score(ids, v_hat)
+    scores = [0.0] * len(ids) if warmup else sampler_scores(run, candidates)
     chosen = run.sampler.select(scores, run.cfg.curriculum.batch_prompts, run.rng(step, "select"))
     return write_json(
         run.step_file(step, "selection"), {"prompt_ids": [ids[i] for i in chosen], "warmup": warmup}

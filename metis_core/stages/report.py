@@ -12,14 +12,16 @@ from metis_core.run import Run, read_json
 
 def iteration_metrics(run: Run, verified_file: Path, judgments_file: Path) -> dict[str, float]:
     """Rewards, wasted (zero-variance) groups, cumulative spend and judge quality of one step:
-    overall, per domain (`train/code/reward_mean`, `judge/code/spearman`, `cost/code/rollouts`,
-    ...) and, for rewards, per task."""
+    overall, per domain (`train/code/reward_mean`, `judge/selected/code/spearman`,
+    `cost/code/rollouts`, ...) and, for rewards, per task. Judge quality here is over the B
+    selected prompts only (`judge/selected/...`); the audit (stages/audit.py) measures it on a
+    random sample."""
     verified = read_json(verified_file)
     candidates = read_json(judgments_file)["candidates"]
     judged_any = any("text" in c for c in candidates)
     domain_of = {v["prompt_id"]: run.train_row(v["prompt_id"])["domain"] for v in verified}
     totals = run.totals
-    metrics = _outcome_metrics(verified, "train", "judge", judged_any)
+    metrics = _outcome_metrics(verified, "train", "judge/selected", judged_any)
     metrics |= {
         "cost/rollouts": totals["rollouts"],
         "cost/generated_tokens": totals["generated_tokens"],
@@ -33,7 +35,9 @@ def iteration_metrics(run: Run, verified_file: Path, judgments_file: Path) -> di
     for domain in run.cfg.domains_in_use():
         subset = [v for v in verified if domain_of[v["prompt_id"]] == domain]
         if subset:
-            metrics |= _outcome_metrics(subset, f"train/{domain}", f"judge/{domain}", judged_any)
+            metrics |= _outcome_metrics(
+                subset, f"train/{domain}", f"judge/selected/{domain}", judged_any
+            )
         for kind in ("rollouts", "generated_tokens"):
             metrics[f"cost/{domain}/{kind}"] = totals.get(f"{domain}/{kind}", 0)
     by_task: dict[str, list[float]] = {}
@@ -94,13 +98,35 @@ def sample_table(
 
 def final_figures(run: Run) -> dict[str, Any]:
     """The end-of-run figures (artifact path -> matplotlib Figure), from the outcome history."""
-    from metis_core.plots import judge_calibration, training_curves
+    from metis_core.plots import audit_curves, judge_calibration, training_curves
 
     figures: dict[str, Any] = {}
     judged = run.store.judged_selected(run.run_id)
     if judged:
         steps, v_hat, v = zip(*judged, strict=True)
-        figures["plots/judge_calibration.png"] = judge_calibration(v_hat, v, steps)
+        figures["plots/judge_calibration.png"] = judge_calibration(
+            v_hat, v, steps, "selected prompts"
+        )
+    audits = sorted(
+        (int(p.parent.name) if p.parent.name != "initial" else -1, read_json(p))
+        for p in run.run_dir.glob("steps/*/audit.json")
+    )
+    audited = [(s, r) for s, a in audits for r in a["prompts"] if r["v_hat"] is not None]
+    if audited:
+        figures["plots/judge_calibration_audit.png"] = judge_calibration(
+            [r["v_hat"] for _, r in audited],
+            [r["realised_variance"] for _, r in audited],
+            [s for s, _ in audited],
+            "audit: random prompts",
+        )
+    if audits:
+        figures["plots/judge_audit.png"] = audit_curves(
+            [s for s, _ in audits],
+            {
+                name: [a["metrics"].get(f"audit/{name}", float("nan")) for _, a in audits]
+                for name in ("spearman", "top_b_lift", "top_b_nonzero_share", "nonzero_share")
+            },
+        )
     history = run.store.step_metrics(run.run_id)
     if history:
         k = run.cfg.eval.samples
@@ -108,7 +134,9 @@ def final_figures(run: Run) -> dict[str, Any]:
             "train/reward_mean",
             "train/zero_variance_fraction",
             f"eval/avg_at_{k}",
-            "judge/spearman",
+            "judge/selected/spearman",
+            "audit/spearman",
+            "audit/top_b_lift",
         ]
         domains = run.cfg.domains_in_use()
         if len(domains) > 1:  # a mixed run: each domain's reward and held-out accuracy too

@@ -30,7 +30,7 @@ MIXED = {
     },
     "curriculum": {"batch_prompts": 3, "pool_multiplier": 2},
     "rollout": {"n": 2},
-    "eval": {"every": 1, "max_prompts": 6, "samples": 2},
+    "eval": {"every": 1, "max_prompts": 6, "samples": 2, "audit_prompts": 6},
     "trainer": {"micro_batch_size": 6},
     "judge": {"k_examples": 2},
 }
@@ -85,8 +85,15 @@ def test_per_domain_metrics_in_mlflow(mixed):
     # the domains that got rollouts have their reward, waste and judge metrics
     trained = [d for d in ("math", "code", "function_calling") if metrics[f"cost/{d}/rollouts"]]
     for domain in trained:
-        for key in ("train/{}/reward_mean", "train/{}/zero_variance_fraction", "judge/{}/mae"):
+        for key in (
+            "train/{}/reward_mean",
+            "train/{}/zero_variance_fraction",
+            "judge/selected/{}/mae",
+        ):
             assert key.format(domain) in metrics, key.format(domain)
+    # the judge audit, overall and for each domain its random sample drew
+    assert "audit/top_b_lift" in metrics
+    assert any(f"audit/{d}/nonzero_share" in metrics for d in ("math", "code", "function_calling"))
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert "plots/training_curves.png" in plots
 

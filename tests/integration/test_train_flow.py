@@ -29,6 +29,7 @@ def tiny_overrides(model, out, steps=2, extra=()):
         "trainer.lr=1e-3",
         "checkpoint_every=1",
         "judge.lam=0.5",
+        "eval.audit_prompts=6",
         *extra,
     ]
 
@@ -108,6 +109,15 @@ def test_metrics_params_and_artifacts_logged(trained):
         "mismatch/kl",
         "mismatch/tis_weight_mean",
         "mismatch/judge/logprob_gap_mean",
+        "judge/selected/spearman",
+        "audit/spearman",
+        "audit/top_b_lift",
+        "audit/top_b_nonzero_share",
+        "audit/nonzero_share",
+        "audit/mae",
+        "audit/bias",
+        "audit/math/top_b_lift",
+        "cost/audit_rollouts",
     ):
         assert key in run.data.metrics, key
     # fp32 engine and trainer score the sampled tokens alike: temperature and masks match
@@ -122,7 +132,16 @@ def test_metrics_params_and_artifacts_logged(trained):
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.json", "samples", "checkpoints", "plots"} <= artifacts
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
-    assert plots == {"plots/judge_calibration.png", "plots/training_curves.png"}
+    assert plots == {
+        "plots/judge_calibration.png",
+        "plots/judge_calibration_audit.png",
+        "plots/judge_audit.png",
+        "plots/training_curves.png",
+    }
+    # the audit runs before training and with every evaluation; its rollouts are not training's
+    audit_steps = [m.step for m in client.get_metric_history(run_id, "audit/nonzero_share")]
+    assert audit_steps == [-1, 0, 1]
+    assert client.get_metric_history(run_id, "cost/audit_rollouts")[-1].value == 3 * 6 * N
     assert run.data.tags["metis.latest_checkpoint"].endswith("step-000001/hf")
 
 
@@ -145,6 +164,7 @@ def test_prefect_saw_every_stage(trained):
         "update",
         "sync",
         "evaluate",
+        "audit",
         "checkpoint",
     } <= names
 
