@@ -92,7 +92,7 @@ def test_per_domain_metrics_in_mlflow(mixed):
         ):
             assert key.format(domain) in metrics, key.format(domain)
     # the judge audit, overall and for each domain its random sample drew
-    assert "audit/top_b_lift" in metrics
+    assert "audit/top_b_nonzero_share" in metrics
     assert any(f"audit/{d}/nonzero_share" in metrics for d in ("math", "code", "function_calling"))
     plots = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert "plots/training_curves.png" in plots

@@ -33,3 +33,9 @@ def test_default_config_runs_on_the_embedded_model(tmp_path):
     assert metrics["mismatch/logprob_gap_mean"] < 1e-3
     assert metrics["mismatch/judge/logprob_gap_mean"] < 1e-3
     assert abs(metrics["mismatch/tis_weight_mean"] - 1.0) < 1e-3
+    # the judge audit at the final evaluation: 32 random prompts, some of which vary
+    for key in ("audit/spearman", "audit/top_b_lift", "audit/nonzero_share", "audit/mae"):
+        assert key in metrics, key
+    assert 0.0 < metrics["audit/nonzero_share"] < 1.0
+    assert metrics["cost/audit_rollouts"] == 2 * 32 * 8  # before training and at the end
+    assert metrics["cost/rollouts"] == 2 * 8 * 8  # audit rollouts are not training's

@@ -109,14 +109,15 @@ def test_metrics_params_and_artifacts_logged(trained):
         "mismatch/kl",
         "mismatch/tis_weight_mean",
         "mismatch/judge/logprob_gap_mean",
-        "judge/selected/spearman",
-        "audit/spearman",
-        "audit/top_b_lift",
+        "judge/selected/mae",  # rho is NaN (not logged) when B = 2 realised variances tie
+        # rho and lift are NaN (not logged) while no audited prompt varies, as with this random
+        # model; tests/integration/test_smollm2.py checks them on the real one
         "audit/top_b_nonzero_share",
         "audit/nonzero_share",
         "audit/mae",
         "audit/bias",
-        "audit/math/top_b_lift",
+        "audit/parse_failure_rate",
+        "audit/math/nonzero_share",
         "cost/audit_rollouts",
     ):
         assert key in run.data.metrics, key
