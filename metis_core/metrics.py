@@ -94,10 +94,10 @@ def grouped_audit_metrics(
     groups: Sequence[str],
     top: Callable[[Sequence[float], int], list[int]],
 ) -> dict[str, dict[str, float]]:
-    """audit_metrics over the whole set ("" key) and within each group (domain or task). Within a
-    group the top picks are its share of the budget, max(1, round(budget * size / total)), taken
-    by `top(scores, k)` among the group's own candidates."""
-    out = {"": audit_metrics(scores, v_hat, v, top(scores, budget))}
+    """audit_metrics within each group (domain or task), by group name. Within a group the top
+    picks are its share of the budget, max(1, round(budget * size / total)), taken by
+    `top(scores, k)` among the group's own candidates."""
+    out = {}
     for name in sorted(set(groups)):
         idx = [i for i, g in enumerate(groups) if g == name]
         k = max(1, round(budget * len(idx) / len(groups)))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from metis_core.algorithms import realised_variance
-from metis_core.metrics import grouped_audit_metrics
+from metis_core.metrics import audit_metrics, grouped_audit_metrics
 from metis_core.run import Run, write_json
 from metis_core.samplers.base import top_b
 from metis_core.stages.curriculum import history, judge_rows, sampler_scores
@@ -68,14 +68,14 @@ def audit(run: Run, step: int) -> dict[str, float]:
     def top(s: Sequence[float], k: int) -> list[int]:
         return top_b(s, k, rng)
 
-    metrics: dict[str, float] = {}
+    overall = audit_metrics(scores, v_hat, variance, top(scores, budget))
+    metrics = {f"audit/{name}": value for name, value in overall.items()}
     for key in ("domain", "task"):
-        by_group = grouped_audit_metrics(
-            scores, v_hat, variance, budget, [r[key] for r in rows], top
-        )
-        for group, values in by_group.items():
-            prefix = "audit" if not group else f"audit/{group}"
-            metrics |= {f"{prefix}/{name}": value for name, value in values.items()}
+        groups = [r[key] for r in rows]
+        for group, values in grouped_audit_metrics(
+            scores, v_hat, variance, budget, groups, top
+        ).items():
+            metrics |= {f"audit/{group}/{name}": value for name, value in values.items()}
     run.totals["audit_rollouts"] = run.totals.get("audit_rollouts", 0) + len(rows) * cfg.n
     metrics["cost/audit_rollouts"] = run.totals["audit_rollouts"]
     write_json(
