@@ -23,8 +23,15 @@ def update(
     engine's log-probs for the mismatch check and the importance correction."""
     groups = read_json(rollouts_file)
     verified = {v["prompt_id"]: v for v in read_json(verified_file)}
+    sampling = run.cfg.rollout
     rollouts = RolloutBatch(
-        [], [], [], engine_logprobs=[], temperature=run.cfg.rollout.temperature, regexes=[]
+        [],
+        [],
+        [],
+        engine_logprobs=[],
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        regexes=[],
     )
     for g in groups:
         regex = decoding_regex(run.cfg, run.train_row(g["prompt_id"]))

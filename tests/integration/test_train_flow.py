@@ -29,6 +29,7 @@ def tiny_overrides(model, out, steps=2, extra=()):
         "trainer.lr=1e-3",
         "checkpoint_every=1",
         "judge.lam=0.5",
+        "rollout.top_p=0.8",  # the trainer must cut the same nucleus, or the gap check stops it
         "eval.audit_prompts=6",
         *extra,
     ]
