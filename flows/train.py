@@ -20,7 +20,7 @@ def metis_iteration(
     run_id: str, step: int, evaluate_now: bool, checkpoint_now: bool
 ) -> dict[str, float]:
     """One METIS iteration, top to bottom (METIS.md sections 2-5)."""
-    memory = stages.history(run_id, step)  # calibration memory: K recent (prompt, realised v)
+    memory = stages.history(run_id, step)  # calibration memory: K past (prompt, realised v) each
     judgments = stages.judge(run_id, step, memory)  # the policy predicts v_hat for m*B candidates
     selection = stages.select(run_id, step, judgments)  # Top-B of v_hat (+ exploration share)
     rollouts = stages.rollout(run_id, step, selection)  # n completions per selected prompt

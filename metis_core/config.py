@@ -7,7 +7,6 @@ Reading them (and `--set` overrides) is metis_core/config_loading.py.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -221,6 +220,16 @@ class JudgeConfig(_Section):
     range of variance."""
     baseline_momentum: float = Field(0.9, ge=0, lt=1)
     """Momentum of the moving-average baseline b_t of the judge's REINFORCE loss."""
+    memory: Literal["recent", "retrieved"] = "recent"
+    """Which outcomes the calibration memory shows: `recent` (the paper's: K recent ones of the
+    candidate's domain, spread over their range of variance) or `retrieved` (the candidate's own
+    past outcomes first, then the same task and difficulty, then the most similar text)."""
+    retrieval_window: int = Field(1024, gt=0)
+    """`retrieved` memory searches this many most recently trained prompts."""
+    scoring: Literal["sampled", "expected"] = "sampled"
+    """What ranks candidates: the `sampled` judgment, or the `expected` v_hat under the judge's
+    own distribution over the 26 allowed answers (one extra scoring pass; needs `constrained`).
+    The judge loss trains on the sampled judgment either way."""
 
 
 class CurriculumConfig(_Section):
@@ -363,6 +372,8 @@ class RunConfig(_Section):
                     f"{self.curriculum.batch_prompts} exceeds the {train} training prompts; "
                     "lower curriculum.pool_multiplier"
                 )
+        if self.judge.scoring == "expected" and not self.judge.constrained:
+            raise ValueError("judge.scoring=expected needs judge.constrained=true")
         for name in sorted(domains):
             longest = getattr(data.domains, name).max_tokens
             if longest + data.max_prompt_tokens > self.model.max_model_len:
@@ -384,17 +395,3 @@ class RunConfig(_Section):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
-
-    def flat_params(self) -> dict[str, str]:
-        """Flattened `section.field -> value` for MLflow params (lists as JSON)."""
-        out: dict[str, str] = {}
-
-        def walk(prefix: str, value: Any) -> None:
-            if isinstance(value, dict):
-                for k, v in value.items():
-                    walk(f"{prefix}.{k}" if prefix else k, v)
-            else:
-                out[prefix] = value if isinstance(value, str) else json.dumps(value)
-
-        walk("", self.model_dump(mode="json"))
-        return out

@@ -96,3 +96,18 @@ def config_reference() -> str:
     section("top level", RunConfig, "")
     section("data.tasks[]", TaskSpec, "")
     return "\n".join(lines)
+
+
+def flat_params(cfg: RunConfig) -> dict[str, str]:
+    """Flattened `section.field -> value` for MLflow params (lists as JSON)."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value if isinstance(value, str) else json.dumps(value)
+
+    walk("", cfg.model_dump(mode="json"))
+    return out

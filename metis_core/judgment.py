@@ -94,3 +94,34 @@ def judgment_messages(
         )
     parts.append(f"Problem: {truncate(candidate, candidate_max_tokens)}\nSpread:")
     return [{"role": "user", "content": "\n\n".join(parts)}]
+
+
+# The allowed answers 0.00-0.25 as (tenths digit, hundredths digits it allows), in JUDGMENT_REGEX's
+# order; every answer starts with this prefix.
+JUDGMENT_PREFIX = "\\boxed{0."
+ALLOWED_DIGITS: dict[int, range] = {0: range(10), 1: range(10), 2: range(6)}
+
+
+def _normalised(logprobs: dict[int, float], allowed: range) -> dict[int, float]:
+    """Probabilities over the allowed digits (what the constraint's mask leaves), renormalised."""
+    finite = {d: logprobs[d] for d in allowed if d in logprobs and math.isfinite(logprobs[d])}
+    if not finite:
+        raise ValueError(f"no log-prob for any allowed digit {list(allowed)}")
+    top = max(finite.values())
+    weights = {d: math.exp(lp - top) for d, lp in finite.items()}
+    total = sum(weights.values())
+    return {d: w / total for d, w in weights.items()}
+
+
+def expected_judgment(tenths: dict[int, float], hundredths: dict[int, dict[int, float]]) -> float:
+    """E[v_hat] under the judge's own distribution over the 26 allowed answers.
+
+    `tenths`: log-prob of each tenths digit after `\\boxed{0.`; `hundredths[d]`: log-prob of each
+    hundredths digit after `\\boxed{0.d`. Each is renormalised over the digits the constraint
+    allows there (a missing digit counts as probability 0), as the masked sampler would see them.
+    """
+    expected = 0.0
+    for d1, p1 in _normalised(tenths, range(3)).items():
+        for d2, p2 in _normalised(hundredths[d1], ALLOWED_DIGITS[d1]).items():
+            expected += p1 * p2 * (10 * d1 + d2) / 100
+    return expected

@@ -11,6 +11,7 @@ from datasets import Dataset
 
 from metis_core.algorithms import MovingAverageBaseline
 from metis_core.config import RunConfig
+from metis_core.config_loading import flat_params
 from metis_core.data.pool import DatasetError, build_pool
 from metis_core.model.weights import cache_dir, resolve_model
 from metis_core.run import Run, new_sampler, read_json, task_prompt_ids, write_json
@@ -88,7 +89,7 @@ def open_run(run_dir: Path) -> Run:
         run_id, info.get("mlflow_run_id"), tags={"metis.run_dir": str(run_dir.resolve())}
     )
     if "mlflow_run_id" not in info:
-        tracker.log_params(cfg.flat_params())
+        tracker.log_params(flat_params(cfg))
         tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
         write_json(
             info_file,

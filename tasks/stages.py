@@ -46,7 +46,7 @@ def _always(stage: str):
 def history(run_id: str, step: int) -> dict[str, list[CalibrationExample]]:
     run = live_run(run_id)
     with run.timed("history"):
-        return curriculum.history(run, step)
+        return curriculum.history(run, step, curriculum.draw_candidates(run, step))
 
 
 @_cached("judge")

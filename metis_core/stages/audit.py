@@ -40,11 +40,8 @@ def audit(run: Run, step: int) -> dict[str, float]:
     judged = [{"v_hat": None} for _ in rows]
     if run.sampler.needs_judgment:
         # the memory the sampler will judge the next step's candidates with
-        judged = judge_rows(run, rows, history(run, step + 1))
-    candidates = [
-        {"prompt_id": r["prompt_id"], "v_hat": j["v_hat"]}
-        for r, j in zip(rows, judged, strict=True)
-    ]
+        judged = judge_rows(run, rows, history(run, step + 1, rows))
+    candidates = [{"prompt_id": r["prompt_id"]} | j for r, j in zip(rows, judged, strict=True)]
     scores = sampler_scores(run, candidates)
     cfg = run.cfg.rollout
     groups = generate_for_rows(

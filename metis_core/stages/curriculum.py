@@ -6,27 +6,39 @@ from pathlib import Path
 
 from metis_core.config import RunConfig
 from metis_core.judgment import (
+    ALLOWED_DIGITS,
+    JUDGMENT_PREFIX,
     JUDGMENT_REGEX,
     CalibrationExample,
     calibration_memory,
+    expected_judgment,
     judgment_messages,
     parse_judgment,
 )
+from metis_core.memory import PastOutcome, retrieve
 from metis_core.run import Run, read_json, write_json
 from metis_core.samplers.base import domain_quota
 
 
-def history(run: Run, step: int) -> dict[str, list[CalibrationExample]]:
-    """The calibration memory of each domain: K recent training outcomes spread over their range
-    of variance.
+def history(run: Run, step: int, rows: list[dict]) -> dict[str, list[CalibrationExample]]:
+    """The calibration memory of each row about to be judged, by prompt id.
 
-    Across domains: a candidate sees K examples from its own domain when that domain's recent
-    history (the last `judge.memory_window` outcomes of it) has K, topped up from the recent
-    history of all domains when it has fewer; so early in a mixed run the judge still sees K
-    examples, and later it calibrates on outcomes of its own kind (code variances are not
-    arithmetic ones). Before any history exists (step 0) every memory is empty; see `select`.
+    `judge.memory: recent` (the paper's): a candidate sees K examples from its own domain's recent
+    history (the last `judge.memory_window` outcomes of it), spread over their range of variance,
+    topped up from the recent history of all domains while its domain has fewer; so early in a
+    mixed run the judge still sees K examples, and later it calibrates on outcomes of its own kind.
+    `judge.memory: retrieved`: the K past outcomes most like the candidate (metis_core/memory.py).
+    Before any history exists (step 0) every memory is empty; see `select`.
     """
     k, window = run.cfg.judge.k_examples, run.cfg.judge.memory_window
+    if run.cfg.judge.memory == "retrieved":
+        train_ids = {r["prompt_id"] for r in run.rows("train")}
+        past = [
+            PastOutcome(*o)
+            for o in run.store.past_outcomes(run.run_id, step, run.cfg.judge.retrieval_window)
+            if o[0] in train_ids
+        ]
+        return {row["prompt_id"]: retrieve(row, past, k) for row in rows}
 
     def examples(domain: str | None) -> list[CalibrationExample]:
         recent = run.store.recent_variances(run.run_id, step, window, domain)
@@ -34,10 +46,10 @@ def history(run: Run, step: int) -> dict[str, list[CalibrationExample]]:
 
     shared = calibration_memory(examples(None), k)
     memories = {}
-    for domain in run.cfg.domains_in_use():
+    for domain in sorted({row["domain"] for row in rows}):
         own = calibration_memory(examples(domain), k)
         memories[domain] = own + [e for e in shared if e not in own][: k - len(own)]
-    return memories
+    return {row["prompt_id"]: memories[row["domain"]] for row in rows}
 
 
 def judgment_regex(cfg: RunConfig) -> str | None:
@@ -78,7 +90,7 @@ def judge_rows(
     for row in rows:
         messages = judgment_messages(
             row["prompt"],
-            memory[row["domain"]],
+            memory[row["prompt_id"]],
             run.truncate,
             cfg.example_max_tokens,
             cfg.candidate_max_tokens,
@@ -92,7 +104,7 @@ def judge_rows(
         max_tokens=cfg.max_tokens,
         regex=judgment_regex(run.cfg),
     )
-    return [
+    judged = [
         {
             "v_hat": parse_judgment(out.text).v_hat,
             "text": out.text,
@@ -101,6 +113,42 @@ def judge_rows(
             "judgment_logprobs": out.logprobs,
         }
         for prompt, (out,) in zip(prompts, outputs, strict=True)
+    ]
+    if cfg.scoring == "expected":
+        for row, expected in zip(judged, expected_judgments(run, prompts), strict=True):
+            row["v_hat_expected"] = expected
+    return judged
+
+
+def expected_judgments(run: Run, prompts: list[list[int]]) -> list[float]:
+    """E[v_hat] of each judgment prompt under the judge's own distribution over the 26 allowed
+    answers: the tenths digit after `\\boxed{0.` and the hundredths digit after each allowed
+    tenths digit, read as next-token log-probs at the judge temperature (4 one-token requests per
+    prompt, all served from the prefix cache that sampling the judgment just filled)."""
+    tok = run.engine.tokenizer
+    prefix = tok.encode(JUDGMENT_PREFIX, add_special_tokens=False)
+    digits = [tok.encode(str(d), add_special_tokens=False) for d in range(10)]
+    if any(len(ids) != 1 for ids in digits):
+        raise ValueError("judge.scoring=expected needs a tokenizer with one token per digit")
+    digit_of = {ids[0]: d for d, ids in enumerate(digits)}
+    requests, allowed = [], []
+    for prompt in prompts:
+        requests.append(prompt + prefix)
+        allowed.append([digits[d][0] for d in ALLOWED_DIGITS])
+        for d1, seconds in ALLOWED_DIGITS.items():
+            requests.append(prompt + prefix + digits[d1])
+            allowed.append([digits[d][0] for d in seconds])
+    logprobs = run.engine.next_token_logprobs(requests, allowed, run.cfg.judge.temperature)
+    by_digit = [
+        {digit_of[t]: lp for t, lp in lp_map.items() if t in digit_of} for lp_map in logprobs
+    ]
+    per_prompt = 1 + len(ALLOWED_DIGITS)
+    return [
+        expected_judgment(
+            by_digit[i * per_prompt],
+            {d1: by_digit[i * per_prompt + 1 + d1] for d1 in ALLOWED_DIGITS},
+        )
+        for i in range(len(prompts))
     ]
 
 
@@ -114,19 +162,21 @@ def judge(run: Run, step: int, memory: dict[str, list[CalibrationExample]]) -> P
     if run.sampler.needs_judgment:
         for row, judged in zip(rows, judge_rows(run, candidates, memory), strict=True):
             row.update(judged)
-    memory_size = min(len(memory[c["domain"]]) for c in candidates)
+    memory_size = min(len(memory[c["prompt_id"]]) for c in candidates)
     return write_json(
         run.step_file(step, "judgments"), {"memory_size": memory_size, "candidates": rows}
     )
 
 
 def sampler_scores(run: Run, candidates: list[dict]) -> list[float]:
-    """The sampler's score of each candidate (judged ones carry `v_hat`; an unparsable judgment
-    scores judge.parse_failure_score)."""
+    """The sampler's score of each candidate (judged ones carry `v_hat`, and `v_hat_expected`
+    when judge.scoring is expected, which then ranks; an unparsable judgment scores
+    judge.parse_failure_score)."""
     v_hat = None
     if run.sampler.needs_judgment:
         fallback = run.cfg.judge.parse_failure_score
-        v_hat = [fallback if c["v_hat"] is None else c["v_hat"] for c in candidates]
+        v_hat = [c.get("v_hat_expected", c["v_hat"]) for c in candidates]
+        v_hat = [fallback if v is None else v for v in v_hat]
     return run.sampler.score([c["prompt_id"] for c in candidates], v_hat)
 
 

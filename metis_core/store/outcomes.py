@@ -145,6 +145,25 @@ class OutcomeStore:
                 [run_id, before_step, domain, domain, limit],
             ).fetchall()
 
+    def past_outcomes(
+        self, run_id: str, before_step: int, limit: int
+    ) -> list[tuple[str, str, str, str, str, int, float]]:
+        """(prompt_id, prompt, task, difficulty, domain, step, realised variance) of the `limit`
+        most recently trained prompts before `before_step`, newest first."""
+        with self._connect() as con:
+            return con.execute(
+                f"""
+                SELECT o.prompt_id, p.prompt, p.task, p.difficulty, p.domain, o.step,
+                       {_VARIANCE.format(x="o.reward")} AS v
+                FROM outcomes o JOIN prompts p USING (prompt_id)
+                WHERE o.run_id = ? AND o.step < ?
+                GROUP BY o.step, o.prompt_id, p.prompt, p.task, p.difficulty, p.domain
+                ORDER BY o.step DESC, o.prompt_id
+                LIMIT ?
+                """,
+                [run_id, before_step, limit],
+            ).fetchall()
+
     def prompt_stats(self, run_id: str, last_n: int = 10) -> pd.DataFrame:
         """Per prompt: mean and variance of its last `last_n` rewards, rows and steps seen."""
         with self._connect() as con:

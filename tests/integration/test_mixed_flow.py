@@ -1,6 +1,7 @@
 """A mixed pool (arithmetic + code + function calling) through the real stack on a tiny Llama,
 then `metis eval` (the metis-eval Prefect flow) on its checkpoint and on a bare model folder."""
 
+import json
 import sqlite3
 
 import duckdb
@@ -32,7 +33,9 @@ MIXED = {
     "rollout": {"n": 2},
     "eval": {"every": 1, "max_prompts": 6, "samples": 2, "audit_prompts": 6},
     "trainer": {"micro_batch_size": 6},
-    "judge": {"k_examples": 2},
+    # the retrieved memory and expected-value scoring, across domains (the default flow tests
+    # cover the recent memory and sampled scores)
+    "judge": {"k_examples": 2, "memory": "retrieved", "scoring": "expected"},
 }
 
 
@@ -67,6 +70,20 @@ def test_every_domain_is_drawn_and_recorded(mixed):
         (step, domain, 2) for step in (0, 1) for domain in ("code", "function_calling", "math")
     ]
     assert outcomes == 2 * 3 * 2  # steps * B * n
+
+
+def test_expected_v_hat_ranks_the_candidates(mixed):
+    for step in (0, 1):
+        steps = mixed["run_dir"] / "steps" / f"{step:06d}"
+        judged = json.loads((steps / "judgments.json").read_text())
+        selection = json.loads((steps / "selection.json").read_text())
+        expected = {c["prompt_id"]: c["v_hat_expected"] for c in judged["candidates"]}
+        assert all(0.0 <= v <= 0.25 for v in expected.values())
+        if not selection["warmup"]:
+            chosen = sorted(expected[p] for p in selection["prompt_ids"])
+            assert chosen == sorted(expected.values())[-len(chosen) :]
+    # step 1 judged with a memory retrieved from step 0's outcomes
+    assert json.loads((steps / "judgments.json").read_text())["memory_size"] == 2
 
 
 def test_per_domain_metrics_in_mlflow(mixed):

@@ -112,3 +112,25 @@ def test_an_update_with_logprobs_too_far_from_the_engine_stops_before_changing_w
         trainer.train_step(batch, None, lam=0.0)
     assert all(torch.equal(p, before[n]) for n, p in trainer.named_weights())
     trainer.engine.zero_grad()
+
+
+def test_expected_judgment_is_the_mean_of_sampled_judgments(engine):
+    """Expected-value scoring reads the same masked distribution the constrained sampler draws
+    from: over many samples, the mean sampled v_hat converges to it."""
+    from types import SimpleNamespace
+
+    from metis_core.judgment import parse_judgment
+    from metis_core.stages.curriculum import expected_judgments
+
+    prompts = [engine.tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
+    run = SimpleNamespace(
+        engine=engine, cfg=SimpleNamespace(judge=SimpleNamespace(temperature=1.0))
+    )
+    expected = expected_judgments(run, prompts)
+    n = 400
+    groups = engine.generate(prompts, n=n, temperature=1.0, max_tokens=12, regex=JUDGMENT_REGEX)
+    for value, group in zip(expected, groups, strict=True):
+        draws = torch.tensor([parse_judgment(c.text).v_hat for c in group], dtype=torch.float64)
+        standard_error = max(draws.std().item() / n**0.5, 1e-3)
+        assert 0.0 <= value <= 0.25
+        assert abs(draws.mean().item() - value) < 5 * standard_error

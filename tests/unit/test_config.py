@@ -1,7 +1,7 @@
 import pytest
 
 from metis_core.config import RunConfig
-from metis_core.config_loading import ConfigError, load_config
+from metis_core.config_loading import ConfigError, flat_params, load_config
 
 
 def test_defaults_validate():
@@ -65,7 +65,7 @@ def test_bad_override_syntax_and_missing_file(tmp_path):
 
 
 def test_flat_params_cover_every_section():
-    params = load_config().flat_params()
+    params = flat_params(load_config())
     assert params["judge.lam"] == "0.01" and params["curriculum.sampler"] == "metis"
 
 

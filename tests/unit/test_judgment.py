@@ -90,3 +90,31 @@ def test_judgment_prompt_holds_examples_then_candidate_and_truncates():
     assert "Problem: one two\nSpread: \\boxed{0.19}" in text
     assert text.endswith("Problem: the candidate problem\nSpread:")
     assert "three" not in text
+
+
+def test_expected_judgment_hand_computed():
+    import math
+
+    from metis_core.judgment import expected_judgment
+
+    log = math.log
+    # tenths: 0 with 1/2, 1 with 1/4, 2 with 1/4; hundredths: 0.00 | 0.1x uniform | 0.2x 0 or 5
+    tenths = {0: log(0.5), 1: log(0.25), 2: log(0.25)}
+    hundredths = {
+        0: {0: 0.0},
+        1: {d: log(0.1) for d in range(10)},
+        2: {0: log(0.5), 5: log(0.5)},
+    }
+    expected = 0.5 * 0.0 + 0.25 * 0.145 + 0.25 * 0.225
+    assert expected_judgment(tenths, hundredths) == pytest.approx(expected)
+
+
+def test_expected_judgment_renormalises_over_allowed_digits():
+    from metis_core.judgment import expected_judgment
+
+    # unnormalised log-probs and digits the constraint forbids (3 as tenths, 7 after 0.2) are ignored
+    tenths = {0: -5.0, 1: -5.0, 2: -1e9, 3: 0.0}
+    hundredths = {0: {2: -3.0}, 1: {4: -0.1, 5: float("-inf")}, 2: {7: 0.0, 1: -1.0}}
+    assert expected_judgment(tenths, hundredths) == pytest.approx(0.5 * 0.02 + 0.5 * 0.14)
+    with pytest.raises(ValueError, match="allowed digit"):
+        expected_judgment({5: 0.0}, hundredths)

@@ -89,15 +89,19 @@ def test_calibration_memory_prefers_own_domain_and_tops_up(tmp_path):
     store.record_outcomes(_outcomes(0, "c0", [0.5, 1.0]))
     cfg = load_config(MIXED, ["judge.k_examples=3"])
     run = SimpleNamespace(cfg=cfg, store=store, run_id="r")
-    memories = history(run, step=1)
-    assert set(memories) == {"math", "code", "function_calling"}
+    rows = [
+        {"prompt_id": f"new-{d}", "domain": d, "prompt": "?"}
+        for d in ("math", "code", "function_calling")
+    ]
+    memories = history(run, 1, rows)
+    assert set(memories) == {"new-math", "new-code", "new-function_calling"}
     assert all(len(m) == 3 for m in memories.values())
-    assert all(e.prompt.startswith("math") for e in memories["math"])
+    assert all(e.prompt.startswith("math") for e in memories["new-math"])
     # code has one outcome of its own; the rest is topped up from all domains
-    assert memories["code"][0].prompt == "code 0"
-    assert memories["code"][0].variance == pytest.approx(0.0625)
-    assert not any(e.prompt == "code 0" for e in memories["code"][1:])
-    assert history(run, step=0) == {d: [] for d in memories}
+    assert memories["new-code"][0].prompt == "code 0"
+    assert memories["new-code"][0].variance == pytest.approx(0.0625)
+    assert not any(e.prompt == "code 0" for e in memories["new-code"][1:])
+    assert history(run, 0, rows) == {r["prompt_id"]: [] for r in rows}
 
 
 def test_checkpoint_specs(tmp_path):
