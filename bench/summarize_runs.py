@@ -6,7 +6,8 @@ Reads each run's metrics from MLflow (the run folder's run.json says where): hel
 before training (step -1), at the middle evaluation and at the end; the judge audit (random
 prompts) and the judge's quality on the selected prompts, averaged over the steps from
 --from-step on; the share of zero-variance groups; the engine/trainer log-prob gap; seconds per
-iteration. Columns a run did not log are NaN. Prints a markdown table.
+iteration and the judge stage's share of it. Columns a run did not log are NaN. Prints a markdown
+table.
 """
 
 from __future__ import annotations
@@ -68,6 +69,15 @@ def summarize(run_dir: Path, first_step: int) -> dict[str, float]:
         (("time/iteration_s",), "s / iteration"),
     ):
         row[name] = after_warmup(*keys)
+    # what the issue's goals are stated in: the selected prompts' non-zero-variance share (also
+    # as a multiple of the audit's, i.e. of chance) and the judge stage's share of the iteration
+    row["selected non-zero"] = 1.0 - row["zero-var share"]
+    row["selected / audit non-zero"] = row["selected non-zero"] / row["audit non-zero"]
+    judge_s = _history(client, run_id, "time/judge_s")
+    iteration_s = _history(client, run_id, "time/iteration_s")
+    row["judge share of iteration"] = _mean(
+        [judge_s[s] / iteration_s[s] for s in judge_s if s >= first_step and s in iteration_s]
+    )
     return row
 
 
