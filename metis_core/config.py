@@ -220,16 +220,16 @@ class JudgeConfig(_Section):
     range of variance."""
     baseline_momentum: float = Field(0.9, ge=0, lt=1)
     """Momentum of the moving-average baseline b_t of the judge's REINFORCE loss."""
-    memory: Literal["recent", "retrieved"] = "recent"
-    """Which outcomes the calibration memory shows: `recent` (the paper's: K recent ones of the
-    candidate's domain, spread over their range of variance) or `retrieved` (the candidate's own
-    past outcomes first, then the same task and difficulty, then the most similar text)."""
+    memory: Literal["recent", "retrieved"] = "retrieved"
+    """Which outcomes the calibration memory shows: `retrieved` (the candidate's own past outcomes
+    first, then the same task and difficulty, then the most similar text) or `recent` (the paper's:
+    K recent ones of the candidate's domain, spread over their range of variance)."""
     retrieval_window: int = Field(1024, gt=0)
     """`retrieved` memory searches this many most recently trained prompts."""
-    scoring: Literal["sampled", "expected"] = "sampled"
-    """What ranks candidates: the `sampled` judgment, or the `expected` v_hat under the judge's
-    own distribution over the 26 allowed answers (one extra scoring pass; needs `constrained`).
-    The judge loss trains on the sampled judgment either way."""
+    scoring: Literal["sampled", "expected"] = "expected"
+    """What ranks candidates: the `expected` v_hat under the judge's own distribution over the 26
+    allowed answers (one extra scoring pass; needs `constrained`), or the `sampled` judgment (the
+    paper's). The judge loss trains on the sampled judgment either way."""
 
 
 class CurriculumConfig(_Section):

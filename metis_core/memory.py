@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from metis_core.judgment import CalibrationExample
 
@@ -37,6 +38,7 @@ class PastOutcome:
     variance: float
 
 
+@lru_cache(maxsize=8192)  # every candidate of a step is compared with the same past prompts
 def words(text: str) -> frozenset[str]:
     return frozenset(_WORD.findall(text.lower()))
 

@@ -33,8 +33,8 @@ MIXED = {
     "rollout": {"n": 2},
     "eval": {"every": 1, "max_prompts": 6, "samples": 2, "audit_prompts": 6},
     "trainer": {"micro_batch_size": 6},
-    # the retrieved memory and expected-value scoring, across domains (the default flow tests
-    # cover the recent memory and sampled scores)
+    # the retrieved memory and expected-value scoring (the defaults) across domains; the paper's
+    # recent memory and sampled scores run in test_train_flow's tiny run
     "judge": {"k_examples": 2, "memory": "retrieved", "scoring": "expected"},
 }
 

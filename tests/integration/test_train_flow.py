@@ -31,6 +31,9 @@ def tiny_overrides(model, out, steps=2, extra=()):
         "judge.lam=0.5",
         "rollout.top_p=0.8",  # the trainer must cut the same nucleus, or the gap check stops it
         "eval.audit_prompts=6",
+        # the paper's memory and scores here; the defaults (retrieved, expected) in test_mixed_flow
+        "judge.memory=recent",
+        "judge.scoring=sampled",
         *extra,
     ]
 

@@ -45,10 +45,14 @@ def test_overrides_parse_yaml_values():
             "data.domains.math.stop=['x','y']",
             "data.domains.code.max_tokens=64",
             "judge.constrained=false",
+            "judge.scoring=sampled",
         ]
     )
     assert cfg.rollout.n == 4 and cfg.data.domains.math.stop == ["x", "y"]
     assert cfg.judge.constrained is False
+    # expected-value scoring reads the constrained answers' distribution: it needs the constraint
+    with pytest.raises(ConfigError, match="judge.scoring=expected needs judge.constrained=true"):
+        load_config(overrides=["judge.constrained=false"])
     # a partial override keeps the rest of that domain's own defaults
     assert cfg.data.domains.code.max_tokens == 64 and "```" in cfg.data.domains.code.stop
 

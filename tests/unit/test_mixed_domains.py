@@ -75,7 +75,7 @@ def _outcomes(step, pid, rewards):
     ]
 
 
-def test_calibration_memory_prefers_own_domain_and_tops_up(tmp_path):
+def test_recent_memory_prefers_own_domain_and_tops_up(tmp_path):
     store = OutcomeStore(tmp_path / "h.duckdb")
     store.add_prompts(
         [
@@ -87,7 +87,7 @@ def test_calibration_memory_prefers_own_domain_and_tops_up(tmp_path):
     for i, rewards in enumerate([[0, 0], [1, 1], [0, 1], [1, 0]]):
         store.record_outcomes(_outcomes(0, f"m{i}", rewards))
     store.record_outcomes(_outcomes(0, "c0", [0.5, 1.0]))
-    cfg = load_config(MIXED, ["judge.k_examples=3"])
+    cfg = load_config(MIXED, ["judge.k_examples=3", "judge.memory=recent"])
     run = SimpleNamespace(cfg=cfg, store=store, run_id="r")
     rows = [
         {"prompt_id": f"new-{d}", "domain": d, "prompt": "?"}
