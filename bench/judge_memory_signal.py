@@ -28,18 +28,11 @@ import math
 import statistics
 from pathlib import Path
 
-import duckdb
 import pandas as pd
-from scipy.stats import spearmanr
 
 from metis_core.memory import PastOutcome, retrieve
+from metis_core.metrics import spearman
 from metis_core.store.outcomes import OutcomeStore
-
-
-def _rho(a: list[float], b: list[float]) -> float:
-    if len(set(a)) < 2 or len(set(b)) < 2:
-        return math.nan
-    return float(spearmanr(a, b).statistic)
 
 
 def audit_signal(
@@ -51,10 +44,8 @@ def audit_signal(
     k = k if k is not None else config["judge"]["k_examples"]
     window = window if window is not None else config["judge"].get("retrieval_window", 1024)
     rows = {r["prompt_id"]: r for r in pd.read_parquet(run_dir / "pool.parquet").to_dict("records")}
-    history = run_dir / "history.duckdb"
-    with duckdb.connect(str(history), read_only=True) as con:
-        (run_id,) = con.execute("SELECT DISTINCT run_id FROM outcomes LIMIT 1").fetchone()
-    store = OutcomeStore(history)
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    store = OutcomeStore(run_dir / "history.duckdb")
     out = []
     for audit_file in sorted(run_dir.glob("steps/*/audit.json")):
         name = audit_file.parent.name
@@ -73,10 +64,10 @@ def audit_signal(
         out.append(
             {
                 "step": step,
-                "memory -> v": _rho(memory, v),
-                "score -> v": _rho(score, v),
-                "score ~ memory": _rho(score, memory),
-                "v split-half": _rho(*halves),
+                "memory -> v": spearman(memory, v),
+                "score -> v": spearman(score, v),
+                "score ~ memory": spearman(score, memory),
+                "v split-half": spearman(*halves),
             }
         )
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from metis_core.algorithms import MAX_VARIANCE
@@ -102,7 +102,7 @@ JUDGMENT_PREFIX = "\\boxed{0."
 ALLOWED_DIGITS: dict[int, range] = {0: range(10), 1: range(10), 2: range(6)}
 
 
-def _normalised(logprobs: dict[int, float], allowed: range) -> dict[int, float]:
+def _normalised(logprobs: dict[int, float], allowed: Iterable[int]) -> dict[int, float]:
     """Probabilities over the allowed digits (what the constraint's mask leaves), renormalised."""
     finite = {d: logprobs[d] for d in allowed if d in logprobs and math.isfinite(logprobs[d])}
     if not finite:
@@ -121,7 +121,7 @@ def expected_judgment(tenths: dict[int, float], hundredths: dict[int, dict[int, 
     allows there (a missing digit counts as probability 0), as the masked sampler would see them.
     """
     expected = 0.0
-    for d1, p1 in _normalised(tenths, range(3)).items():
+    for d1, p1 in _normalised(tenths, ALLOWED_DIGITS).items():
         for d2, p2 in _normalised(hundredths[d1], ALLOWED_DIGITS[d1]).items():
             expected += p1 * p2 * (10 * d1 + d2) / 100
     return expected
