@@ -18,6 +18,7 @@ examples:
   metis eval --checkpoint embedded:smollm2-135m-instruct          # the untrained default model
   metis eval --checkpoint runs/<run id> --benchmarks humaneval bfcl:simple_python heldout
   metis eval --mlflow-run <MLflow run id> --samples 8             # a training run's latest checkpoint
+  metis compare --config configs/compare.yaml --samplers uniform metis mopps dapo_dynamic --seeds 0 1 2
 
 Runs go to runs/<run id>/ (history.duckdb, checkpoints/, steps/). Metrics go to MLflow
 (default sqlite:///runs/mlflow.db; browse with `mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`).
@@ -52,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
         ("train", "run (or resume) a training run as the Prefect flow metis-train"),
         ("eval", "evaluate a checkpoint on benchmarks as the Prefect flow metis-eval"),
         ("config", "validate and print the resolved config"),
+        (
+            "compare",
+            "train several samplers x seeds on one config and compare them (metis-compare)",
+        ),
     ):
         s = sub.add_parser(
             name,
@@ -80,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
             )
         if name == "eval":
             _eval_arguments(s)
+        if name == "compare":
+            _compare_arguments(s)
         if name == "train":
             s.add_argument(
                 "--resume",
@@ -88,6 +95,49 @@ def _parser() -> argparse.ArgumentParser:
                 help="continue the run in RUN_DIR from its latest checkpoint",
             )
     return p
+
+
+COMPARE_HELP = """
+Every sampler is trained with every seed on the same config, initial weights, pool and held-out
+split, each as a child flow run (Prefect) and a child run (MLflow) of the comparison. The table
+(comparison.md / .json in the comparison folder, and the parent MLflow run) gives per sampler,
+as a mean over seeds with a 95% bootstrap interval: generated tokens (rollouts, discarded
+rollouts, judgments), rollouts and training seconds to reach the target held-out accuracy, best
+and final accuracy, zero-variance share; comparison.png plots accuracy against tokens and
+seconds. Rerun the same command after a kill: finished runs are kept, unfinished ones resume.
+"""
+
+
+def _compare_arguments(s: argparse.ArgumentParser) -> None:
+    from metis_core.samplers import SAMPLERS
+
+    s.description = COMPARE_HELP
+    s.add_argument(
+        "--samplers",
+        nargs="+",
+        default=["uniform", "metis"],
+        choices=sorted(SAMPLERS),
+        metavar="SAMPLER",
+        help=f"samplers to compare, any of: {', '.join(sorted(SAMPLERS))} (default: uniform metis)",
+    )
+    s.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2],
+        help="seeds of each sampler (default 0 1 2)",
+    )
+    s.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="held-out accuracy to reach (default: uniform's best, mean over its seeds)",
+    )
+    s.add_argument(
+        "--output",
+        default=None,
+        help="comparison folder (default <output_dir>/compare-<name>; the same folder resumes)",
+    )
 
 
 def _eval_arguments(s: argparse.ArgumentParser) -> None:
@@ -143,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(config_reference() if args.reference else cfg.to_json())
         return 0
+    if args.command == "compare":
+        return _compare(args, cfg.output_dir, cfg.name)
     _prefect_environment(cfg.output_dir)
     if args.command == "eval":
         return _eval(args)
@@ -150,6 +202,30 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = train(config_file=args.config, overrides=args.overrides, resume=args.resume)
     print(f"metis: run finished: {run_dir}")
+    return 0
+
+
+def _compare(args: argparse.Namespace, output_dir: str, name: str) -> int:
+    from flows.compare import ComparisonError, check_plan
+
+    try:
+        check_plan(args.samplers, args.seeds, args.target)
+    except ComparisonError as err:
+        print(f"metis: {err}", file=sys.stderr)
+        return 2
+    out = args.output or str(Path(output_dir) / f"compare-{name}")
+    _prefect_environment(out)  # its stage caches live with the comparison it resumes
+    from flows.compare import compare
+
+    compare(
+        config_file=args.config,
+        overrides=args.overrides,
+        samplers=args.samplers,
+        seeds=args.seeds,
+        target=args.target,
+        output=out,
+    )
+    print(f"metis: comparison finished: {out}")
     return 0
 
 

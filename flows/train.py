@@ -11,7 +11,8 @@ from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from metis_core.config_loading import load_config
-from metis_core.launch import open_run, prepare_run_dir
+from metis_core.launch import mark_finished, open_run, prepare_run_dir
+from metis_core.stages import report
 from tasks import stages
 from tasks.runtime import register, release
 
@@ -22,11 +23,11 @@ def metis_iteration(
     """One METIS iteration, top to bottom (METIS.md sections 2-5)."""
     memory = stages.history(run_id, step)  # calibration memory: K past (prompt, realised v) each
     judgments = stages.judge(run_id, step, memory)  # the policy predicts v_hat for m*B candidates
-    selection = stages.select(run_id, step, judgments)  # Top-B of v_hat (+ exploration share)
+    selection = stages.select(run_id, step, judgments)  # Top-B of v_hat (+ a uniform floor)
     rollouts = stages.rollout(run_id, step, selection)  # n completions per selected prompt
     verified = stages.verify(run_id, step, rollouts, judgments)  # rewards, realised v, R_judge
-    stages.record(run_id, step, rollouts, verified, judgments)  # outcome history (DuckDB)
-    extra = stages.update(run_id, step, rollouts, verified, judgments)  # L_task + lambda * L_judge
+    extra = stages.record(run_id, step, rollouts, verified, judgments)  # history (DuckDB), spend
+    extra |= stages.update(run_id, step, rollouts, verified, judgments)  # L_task + lambda * L_judge
     extra |= stages.sync(run_id, step)  # new weights into vLLM, checked
     if evaluate_now:
         extra |= stages.evaluate(run_id, step)  # held-out avg@k, pass@k
@@ -75,13 +76,15 @@ def train(
             )
         elif cfg.eval.at_start:
             initial = stages.evaluate(run.run_id, -1) | stages.audit(run.run_id, -1)
+            initial |= report.spend_metrics({}, "cost")  # the curves start at zero spend
+            run.store.record_step(run.run_id, -1, initial)
             run.tracker.log_metrics(initial, -1)
             tqdm.write(
                 f"initial policy | heldout avg@{cfg.eval.samples} {initial[f'eval/avg_at_{cfg.eval.samples}']:.3f}"
             )
         bar = tqdm(range(run.start_step, cfg.steps), desc=run.run_id, unit="it", dynamic_ncols=True)
         for step in bar:
-            run.stage_seconds = {}
+            run.stage_seconds, run.step_spend = {}, {}
             started = time.perf_counter()
             metrics = metis_iteration(
                 run.run_id,
@@ -94,6 +97,7 @@ def train(
             bar.set_postfix_str(progress_line(metrics, cfg.eval.samples, short=True))
             tqdm.write(f"step {step:4d} | {progress_line(metrics, cfg.eval.samples)}")
         stages.plots(run.run_id)
+        mark_finished(run_dir)
         status = "FINISHED"
     finally:
         run.tracker.end(status)

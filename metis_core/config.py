@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from metis_core.curriculum_config import CurriculumConfig
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
@@ -230,20 +232,6 @@ class JudgeConfig(_Section):
     """What ranks candidates: the `expected` v_hat under the judge's own distribution over the 26
     allowed answers (one extra scoring pass; needs `constrained`), or the `sampled` judgment (the
     paper's). The judge loss trains on the sampled judgment either way."""
-
-
-class CurriculumConfig(_Section):
-    sampler: str = "metis"
-    """Which curriculum picks the prompts: `metis` or `uniform`."""
-    batch_prompts: int = Field(8, gt=0)
-    """B: prompts that get rollouts each iteration."""
-    pool_multiplier: int = Field(4, ge=1)
-    """m: the candidate pool C_t holds m * B prompts drawn from the training split."""
-    exploration: float = Field(0.0, ge=0, le=1)
-    """epsilon: share of the batch drawn uniformly from the candidates the judge ranked low."""
-    warmup_steps: int = Field(1, ge=0)
-    """Iterations that allocate uniformly while the history is too short to calibrate the judge
-    (judgments are still made, scored and trained)."""
 
 
 class TrainerConfig(_Section):

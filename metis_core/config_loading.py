@@ -91,7 +91,7 @@ def config_reference() -> str:
             lines.append(f"| `{prefix}{name}` | `{shown}` | {doc} |")
         lines.append("")
         for name, sub in nested:
-            section(name, sub, f"{name}.")
+            section(f"{prefix}{name}", sub, f"{prefix}{name}.")
 
     section("top level", RunConfig, "")
     section("data.tasks[]", TaskSpec, "")

@@ -67,6 +67,17 @@ def prepare_run_dir(cfg: RunConfig, run_id: str | None = None) -> Path:
     return run_dir
 
 
+def mark_finished(run_dir: Path) -> None:
+    """Record in run.json that the run completed all its steps."""
+    info = read_json(run_dir / "run.json")
+    write_json(run_dir / "run.json", info | {"finished": True})
+
+
+def is_finished(run_dir: Path) -> bool:
+    info = run_dir / "run.json"
+    return info.is_file() and bool(read_json(info).get("finished"))
+
+
 def open_run(run_dir: Path) -> Run:
     """Load every live part of the run in `run_dir`; resume from its latest checkpoint if any."""
     from metis_core.engine.vllm_engine import PolicyEngine
@@ -85,16 +96,15 @@ def open_run(run_dir: Path) -> Run:
         or default_tracking_uri(cfg.output_dir)
     )
     tracker = Tracker(tracking_uri, cfg.experiment, Path(cfg.output_dir) / "mlartifacts")
-    mlflow_run_id = tracker.start(
-        run_id, info.get("mlflow_run_id"), tags={"metis.run_dir": str(run_dir.resolve())}
-    )
+    tags = {"metis.run_dir": str(run_dir.resolve())}
+    if "parent_mlflow_run_id" in info:  # a run of a comparison (flows/compare.py)
+        tags["mlflow.parentRunId"] = info["parent_mlflow_run_id"]
+    mlflow_run_id = tracker.start(run_id, info.get("mlflow_run_id"), tags=tags)
     if "mlflow_run_id" not in info:
         tracker.log_params(flat_params(cfg))
         tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
-        write_json(
-            info_file,
-            {"run_id": run_id, "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri},
-        )
+        info |= {"run_id": run_id, "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri}
+        write_json(info_file, info)
 
     model_dir = resolve_model(cfg.model.path)
     engine = PolicyEngine(model_dir, cfg.model.dtype, cfg.model.max_model_len, cfg.seed)

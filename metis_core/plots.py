@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -68,5 +69,60 @@ def audit_curves(steps: Sequence[int], series: dict[str, Sequence[float]]) -> Fi
     right.legend(fontsize=8)
     for ax in (left, right):
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_curves(curves: Sequence[Any], target: float) -> Figure:
+    """Curricula side by side: held-out accuracy against cumulative generated tokens and against
+    training seconds (one thin line per seed, a thick one for the mean over seeds at each
+    evaluation), and the zero-variance share of each iteration (mean over seeds)."""
+    import numpy as np
+
+    fig, (by_tokens, by_time, zero_var) = plt.subplots(1, 3, figsize=(16, 4.4))
+    samplers = list(dict.fromkeys(c.sampler for c in curves))
+    colours = dict(zip(samplers, plt.cm.tab10.colors, strict=False))
+    for sampler in samplers:
+        runs = [c for c in curves if c.sampler == sampler]
+        colour = colours[sampler]
+        n = min(len(c.accuracy) for c in runs)
+        for ax, x in ((by_tokens, "spent_tokens"), (by_time, "seconds")):
+            for c in runs:
+                ax.plot(getattr(c, x), c.accuracy, color=colour, alpha=0.3, linewidth=0.8)
+            if n:  # the mean over seeds at each evaluation
+                mean_x = np.mean([getattr(c, x)[:n] for c in runs], axis=0)
+                mean_acc = np.mean([c.accuracy[:n] for c in runs], axis=0)
+                ax.plot(
+                    mean_x,
+                    mean_acc,
+                    color=colour,
+                    linewidth=2.2,
+                    marker="o",
+                    markersize=3,
+                    label=f"{sampler} ({len(runs)} seeds)",
+                )
+        steps = min(len(c.zero_variance) for c in runs)
+        if steps:
+            share = np.mean([c.zero_variance[:steps] for c in runs], axis=0)
+            zero_var.plot(
+                range(steps), share, color=colour, marker="o", markersize=3, label=sampler
+            )
+    for ax in (by_tokens, by_time):
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label="target")
+        ax.set_ylabel("held-out avg@k")
+    by_tokens.set(
+        xlabel="generated tokens (rollouts + discarded + judgments)",
+        title="Accuracy against generated tokens",
+    )
+    by_time.set(xlabel="seconds in training stages", title="Accuracy against wall-clock")
+    zero_var.set(
+        xlabel="iteration",
+        ylabel="share of trained groups",
+        ylim=(-0.02, 1.02),
+        title="Zero-variance share per iteration",
+    )
+    for ax in (by_tokens, by_time, zero_var):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -63,7 +63,10 @@ class Run:
     start_step: int = 0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     totals: dict[str, float] = field(default_factory=dict)
-    """Cumulative rollouts and tokens spent; checkpointed so a resumed run keeps counting."""
+    """Cumulative spend (rollouts, tokens, value-model passes, seconds); checkpointed so a resumed
+    run keeps counting."""
+    step_spend: dict[str, float] = field(default_factory=dict)
+    """This iteration's share of `totals` (reset at every iteration, like stage_seconds)."""
     _prompt_tokens: dict[str, list[int]] = field(default_factory=dict)
     _rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _train_by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -92,6 +95,11 @@ class Run:
             self.stage_seconds[stage] = (
                 self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start
             )
+
+    def charge(self, kind: str, amount: float) -> None:
+        """Count spend of one kind into the totals and this iteration's share of them."""
+        self.totals[kind] = self.totals.get(kind, 0) + amount
+        self.step_spend[kind] = self.step_spend.get(kind, 0) + amount
 
     # ---- prompts -------------------------------------------------------------------------------
     def rows(self, split: str) -> list[dict[str, Any]]:
@@ -143,7 +151,7 @@ def task_prompt_ids(cfg: RunConfig, tokenizer: Any, row: dict[str, Any]) -> list
 
 
 def new_sampler(cfg: RunConfig) -> Sampler:
-    return make_sampler(cfg.curriculum.sampler, exploration=cfg.curriculum.exploration)
+    return make_sampler(cfg.curriculum)
 
 
 def trains_judge(cfg: RunConfig, sampler: Sampler) -> bool:

@@ -9,6 +9,7 @@ replaces rather than duplicates.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,11 @@ from tasks.runtime import live_run
 
 def _step_cache_key(stage: str):
     def key(_context: Any, parameters: dict[str, Any]) -> str:
-        return f"{parameters['run_id']}-step{parameters['step']:06d}-{stage}"
+        # the folder too: two comparisons may each hold a run named uniform-seed0
+        folder = hashlib.sha1(str(live_run(parameters["run_id"]).run_dir.resolve()).encode())
+        return (
+            f"{parameters['run_id']}-{folder.hexdigest()[:12]}-step{parameters['step']:06d}-{stage}"
+        )
 
     return key
 
@@ -78,7 +83,9 @@ def verify(run_id: str, step: int, rollouts: str, judgments: str) -> str:
 
 
 @_always("record")
-def record(run_id: str, step: int, rollouts: str, verified: str, judgments: str) -> dict[str, int]:
+def record(
+    run_id: str, step: int, rollouts: str, verified: str, judgments: str
+) -> dict[str, float]:
     run = live_run(run_id)
     with run.timed("record"):
         return outcomes.record(run, step, Path(rollouts), Path(verified), Path(judgments))
@@ -131,6 +138,8 @@ def log_iteration(
     """Assemble the iteration's metrics, write them to DuckDB's steps table and MLflow."""
     run = live_run(run_id)
     with run.timed("log"):
+        training = sum(s for k, s in run.stage_seconds.items() if k not in ("evaluate", "audit"))
+        run.charge("train_seconds", training)
         metrics = report.iteration_metrics(run, Path(verified), Path(judgments))
         metrics.update(extra)
         metrics.update({f"time/{k}_s": v for k, v in run.stage_seconds.items()})

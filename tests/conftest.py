@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,25 @@ def run_metis(tmp: Path, args: list[str], timeout: int = 900) -> subprocess.Comp
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done
+
+
+def start_metis(tmp: Path, args: list[str], log: Path) -> subprocess.Popen:
+    """`metis ARGS` in the background, in its own process group (so `kill_group` takes its
+    temporary Prefect server with it), output to `log`."""
+    return subprocess.Popen(
+        metis_command(*args),
+        cwd=REPO,
+        env=metis_env(tmp),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the whole process group, like a preemption."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
 
 
 def set_args(overrides: list[str]) -> list[str]:

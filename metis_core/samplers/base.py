@@ -1,16 +1,20 @@
 """The interface every curriculum shares, its registry, and Top-B selection.
 
-A sampler sees the same inputs whatever it is (candidate ids, the policy's judgments when it asks
-for them, outcomes after rollout) and returns the same thing: indices of the candidates that get
-the rollout budget. It carries its own state, saved in checkpoints.
+A sampler sees the same inputs whatever it is (candidates with the policy's judgments or prompt
+features when it asks for them, outcomes after rollout) and returns the same thing: indices of the
+candidates that get the rollout budget. It carries its own state, saved in checkpoints, and says
+what it is doing through `metrics()`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+
+from metis_core.curriculum_config import CurriculumConfig
 
 
 def top_b(
@@ -63,24 +67,82 @@ def domain_quota(size: int, weights: dict[str, float], available: dict[str, int]
     return {d: q for d, q in quota.items() if q}
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """What a sampler may know about a candidate prompt when it scores it."""
+
+    prompt_id: str
+    task: str = ""
+    domain: str = ""
+    v_hat: float | None = None
+    """The policy's judgment of its reward variance (samplers with `needs_judgment`)."""
+    features: np.ndarray | None = None
+    """The policy's frozen features of the prompt (samplers with `needs_features`)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The verified rollouts of one prompt: what a sampler learns from after each iteration."""
+
+    prompt_id: str
+    rewards: list[float]
+    features: np.ndarray | None = None
+    """Present for samplers with `needs_features`: the features it was scored on."""
+
+    @property
+    def success(self) -> float:
+        """Mean reward, which is the success rate for 0/1 rewards."""
+        return float(np.mean(self.rewards))
+
+    @property
+    def zero_variance(self) -> bool:
+        """All rewards equal, within a tolerance (eight times 2/3 counts as constant)."""
+        return bool(np.ptp(self.rewards) <= ZERO_REWARD_SPREAD)
+
+
+ZERO_REWARD_SPREAD = 1e-6
+"""Rewards closer together than this count as equal (continuous rewards are sums of fractions)."""
+
+
 class Sampler:
-    """Base curriculum. Subclasses set `name`, and `needs_judgment` if they use the policy's v_hat."""
+    """Base curriculum. Subclasses set `name`, implement `score` (higher gets rollouts first) and,
+    when they learn, `update`, `metrics`, `state_dict` and `load_state_dict`.
+
+    Randomness comes only from the generator passed in, seeded by (run seed, step, purpose): a
+    replayed or resumed step draws the same numbers, so no RNG state needs saving.
+    """
 
     name: ClassVar[str]
     needs_judgment: ClassVar[bool] = False
+    """Ask the policy for v_hat of every candidate (the judge stage)."""
+    needs_features: ClassVar[bool] = False
+    """Ask the trainer for each candidate's prompt features (a forward pass, charged)."""
+    refills: ClassVar[bool] = False
+    """Roll out in rounds and drop zero-variance groups (DAPO's dynamic sampling)."""
+    scores_prompts: ClassVar[bool] = True
+    """Its scores rank prompts, so the selection floor applies; False for uniform and DAPO."""
 
-    def __init__(self, exploration: float = 0.0, **_: Any) -> None:
-        self.exploration = exploration
+    def __init__(self, cfg: CurriculumConfig) -> None:
+        self.cfg = cfg
 
-    def score(self, candidate_ids: Sequence[str], v_hat: Sequence[float] | None) -> list[float]:
+    def score(self, candidates: Sequence[Candidate], rng: np.random.Generator) -> list[float]:
         """A score per candidate; higher gets rollouts first."""
         raise NotImplementedError
 
-    def select(self, scores: Sequence[float], budget: int, rng: np.random.Generator) -> list[int]:
-        return top_b(scores, budget, rng, self.exploration)
+    def select(
+        self, candidates: Sequence[Candidate], budget: int, rng: np.random.Generator
+    ) -> list[int]:
+        """Indices of the candidates that get rollouts: Top-B of the scores, with the selection
+        floor (curriculum.exploration) drawn uniformly from the rest."""
+        floor = self.cfg.exploration if self.scores_prompts else 0.0
+        return top_b(self.score(candidates, rng), budget, rng, floor)
 
-    def update(self, outcomes: dict[str, list[float]]) -> None:
-        """Rewards of this step's rollouts, by prompt id."""
+    def update(self, outcomes: Sequence[Outcome]) -> None:
+        """Learn from this iteration's verified rollouts (called once per iteration)."""
+
+    def metrics(self) -> dict[str, float]:
+        """What the sampler wants on the dashboard (logged as `sampler/<name>`)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -99,7 +161,7 @@ def register_sampler(cls: type[Sampler]) -> type[Sampler]:
     return cls
 
 
-def make_sampler(name: str, **kwargs: Any) -> Sampler:
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[name](**kwargs)
+def make_sampler(cfg: CurriculumConfig) -> Sampler:
+    if cfg.sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {cfg.sampler!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[cfg.sampler](cfg)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from metis_core.samplers.base import Sampler, register_sampler
+import numpy as np
+
+from metis_core.samplers.base import Candidate, Sampler, register_sampler
 
 
 @register_sampler
@@ -12,7 +14,7 @@ class MetisSampler(Sampler):
     name = "metis"
     needs_judgment = True
 
-    def score(self, candidate_ids: Sequence[str], v_hat: Sequence[float] | None) -> list[float]:
-        if v_hat is None or len(v_hat) != len(candidate_ids):
+    def score(self, candidates: Sequence[Candidate], rng: np.random.Generator) -> list[float]:
+        if any(c.v_hat is None for c in candidates):
             raise ValueError("the metis sampler needs one judgment per candidate")
-        return list(v_hat)
+        return [float(c.v_hat) for c in candidates]  # type: ignore[arg-type]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from metis_core.samplers.base import Sampler, register_sampler
+import numpy as np
+
+from metis_core.samplers.base import Candidate, Sampler, register_sampler
 
 
 @register_sampler
 class UniformSampler(Sampler):
     name = "uniform"
+    scores_prompts = False
 
-    def score(self, candidate_ids: Sequence[str], v_hat: Sequence[float] | None) -> list[float]:
-        return [0.0] * len(candidate_ids)
+    def score(self, candidates: Sequence[Candidate], rng: np.random.Generator) -> list[float]:
+        return [0.0] * len(candidates)

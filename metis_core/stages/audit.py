@@ -42,7 +42,7 @@ def audit(run: Run, step: int) -> dict[str, float]:
         # the memory the sampler will judge the next step's candidates with
         judged = judge_rows(run, rows, history(run, step + 1, rows))
     candidates = [{"prompt_id": r["prompt_id"]} | j for r, j in zip(rows, judged, strict=True)]
-    scores = sampler_scores(run, candidates)
+    scores = sampler_scores(run, candidates, step + 1)
     cfg = run.cfg.rollout
     groups = generate_for_rows(
         run.engine,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from metis_core.config import RunConfig
 from metis_core.judgment import (
     ALLOWED_DIGITS,
@@ -17,7 +19,7 @@ from metis_core.judgment import (
 )
 from metis_core.memory import PastOutcome, retrieve
 from metis_core.run import Run, read_json, write_json
-from metis_core.samplers.base import domain_quota
+from metis_core.samplers.base import Candidate, domain_quota, top_b
 
 
 def history(run: Run, step: int, rows: list[dict]) -> dict[str, list[CalibrationExample]]:
@@ -168,34 +170,72 @@ def judge(run: Run, step: int, memory: dict[str, list[CalibrationExample]]) -> P
     )
 
 
-def sampler_scores(run: Run, candidates: list[dict]) -> list[float]:
-    """The sampler's score of each candidate (judged ones carry `v_hat`, and `v_hat_expected`
-    when judge.scoring is expected, which then ranks; an unparsable judgment scores
-    judge.parse_failure_score)."""
-    v_hat = None
+def sampler_candidates(run: Run, candidates: list[dict]) -> list[Candidate]:
+    """What the sampler may know of each candidate: its task and domain, its judgment (`v_hat`,
+    or `v_hat_expected` when judge.scoring is expected; an unparsable judgment scores
+    judge.parse_failure_score) when it judges, and the policy's prompt features when it reads
+    them (one forward pass per candidate, charged as value-model passes)."""
+    rows = [run.train_row(c["prompt_id"]) for c in candidates]
+    v_hat: list[float | None] = [None] * len(rows)
     if run.sampler.needs_judgment:
         fallback = run.cfg.judge.parse_failure_score
         v_hat = [c.get("v_hat_expected", c["v_hat"]) for c in candidates]
         v_hat = [fallback if v is None else v for v in v_hat]
-    return run.sampler.score([c["prompt_id"] for c in candidates], v_hat)
+    features: list[np.ndarray | None] = [None] * len(rows)
+    if run.sampler.needs_features:
+        features = list(prompt_features(run, rows))
+    return [
+        Candidate(r["prompt_id"], r["task"], r["domain"], v, f)
+        for r, v, f in zip(rows, v_hat, features, strict=True)
+    ]
+
+
+def prompt_features(run: Run, rows: list[dict]) -> np.ndarray:
+    """[N, H] the policy's frozen features of each row's task prompt (trainer forward, no grad)."""
+    prompts = [run.task_prompt_ids(r) for r in rows]
+    return np.asarray(run.trainer.prompt_features(prompts), dtype=np.float32)
+
+
+def sampler_scores(run: Run, candidates: list[dict], step: int) -> list[float]:
+    """The sampler's score of each candidate, higher first (the audit ranks by it)."""
+    return run.sampler.score(sampler_candidates(run, candidates), run.rng(step, "score"))
 
 
 def select(run: Run, step: int, judgments_file: Path) -> Path:
-    """The sampler turns scores into an allocation: Top-B of v_hat for METIS.
+    """The sampler turns its scores into an allocation: Top-B of v_hat for METIS, with the
+    selection floor drawn uniformly from the rest (samplers/base.py).
 
     Warm-up: while step < curriculum.warmup_steps, or while the calibration memory is still shorter
     than K, the allocation is uniform over the candidates: the judge is not calibrated yet, and
     uniform picks give the history unbiased outcomes to calibrate on. Its judgments are still
-    scored and trained.
+    scored and trained. A refilling sampler (DAPO) returns every candidate in the order the
+    rollout stage should try them; the first B are its first round.
     """
     data = read_json(judgments_file)
-    candidates = data["candidates"]
-    ids = [c["prompt_id"] for c in candidates]
+    ids = [c["prompt_id"] for c in data["candidates"]]
+    budget = run.cfg.curriculum.batch_prompts
     warmup = step < run.cfg.curriculum.warmup_steps or (
         run.sampler.needs_judgment and data["memory_size"] < run.cfg.judge.k_examples
     )
-    scores = [0.0] * len(ids) if warmup else sampler_scores(run, candidates)
-    chosen = run.sampler.select(scores, run.cfg.curriculum.batch_prompts, run.rng(step, "select"))
+    rng = run.rng(step, "select")
+    cost: dict[str, int] = {}
+    features: dict[str, list[float]] = {}
+    candidates = sampler_candidates(run, data["candidates"])
+    if warmup and not run.sampler.refills:
+        chosen = top_b([0.0] * len(ids), budget, rng)
+    else:
+        chosen = run.sampler.select(candidates, budget, rng)
+    if run.sampler.needs_features:  # charged by `record`; the outcomes carry them to `update`
+        cost["value_passes"] = len(candidates)
+        cost["value_tokens"] = sum(len(run.task_prompt_ids(run.train_row(i))) for i in ids)
+        features = {ids[i]: candidates[i].features.tolist() for i in chosen[:budget]}  # type: ignore[union-attr]
     return write_json(
-        run.step_file(step, "selection"), {"prompt_ids": [ids[i] for i in chosen], "warmup": warmup}
+        run.step_file(step, "selection"),
+        {
+            "prompt_ids": [ids[i] for i in chosen[:budget]],
+            "reserve": [ids[i] for i in chosen[budget:]],
+            "warmup": warmup,
+            "cost": cost,
+            "features": features,
+        },
     )

@@ -4,17 +4,68 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from metis_core.algorithms import group_advantages, judge_reward, realised_variance
 from metis_core.run import Run, read_json, write_json
+from metis_core.samplers import Outcome
 from metis_core.stages.generation import generate_for_rows, score_row
 
 
 def rollout(run: Run, step: int, selection_file: Path) -> Path:
-    """n completions per selected prompt from the current policy, with token ids and log-probs."""
+    """n completions per selected prompt from the current policy, with token ids and log-probs.
+
+    A refilling sampler (DAPO's dynamic sampling) rolls out in rounds instead: each round takes as
+    many prompts, from the selection and then its reserve in order, as the batch still lacks, and
+    keeps the groups whose rewards vary (scored here, once; `verify` reuses the scores). The
+    discarded groups go to `discarded.json` and are charged by `record`. A batch still short
+    after `curriculum.dapo.max_rounds` rounds is trained as it is; when no group varied at all,
+    the last round stands (its advantages are zero), so the iteration still completes.
+    """
+    selection = read_json(selection_file)
+    if not run.sampler.refills:
+        return write_json(run.step_file(step, "rollouts"), _roll_out(run, selection["prompt_ids"]))
+    budget = run.cfg.curriculum.batch_prompts
+    queue = selection["prompt_ids"] + selection["reserve"]
+    accepted: list[dict] = []
+    discarded: list[dict] = []
+    last_round: list[dict] = []
+    rounds = 0
+    while len(accepted) < budget and queue and rounds < run.cfg.curriculum.dapo.max_rounds:
+        take, queue = queue[: budget - len(accepted)], queue[budget - len(accepted) :]
+        rounds += 1
+        last_round = _roll_out(run, take)
+        for group in last_round:
+            row = run.train_row(group["prompt_id"])
+            group["rewards"], group["reasons"] = score_row(
+                run.cfg, row, [c["text"] for c in group["completions"]]
+            )
+            varies = not Outcome(group["prompt_id"], group["rewards"]).zero_variance
+            (accepted if varies else discarded).append(group)
+    kept = accepted or last_round
+    write_json(
+        run.step_file(step, "discarded"),
+        {
+            "rounds": rounds,
+            "accepted": len(accepted),
+            "groups": [
+                {
+                    "prompt_id": g["prompt_id"],
+                    "rewards": g["rewards"],
+                    "completion_tokens": sum(len(c["token_ids"]) for c in g["completions"]),
+                }
+                for g in discarded
+                if g not in kept
+            ],
+        },
+    )
+    return write_json(run.step_file(step, "rollouts"), kept)
+
+
+def _roll_out(run: Run, prompt_ids: list[str]) -> list[dict]:
     cfg = run.cfg.rollout
-    selected = [run.train_row(pid) for pid in read_json(selection_file)["prompt_ids"]]
+    selected = [run.train_row(pid) for pid in prompt_ids]
     prompts = [run.task_prompt_ids(row) for row in selected]
     groups = generate_for_rows(
         run.engine,
@@ -25,7 +76,7 @@ def rollout(run: Run, step: int, selection_file: Path) -> Path:
         temperature=cfg.temperature,
         top_p=cfg.top_p,
     )
-    out = [
+    return [
         {
             "prompt_id": row["prompt_id"],
             "prompt_token_ids": prompt,
@@ -35,7 +86,6 @@ def rollout(run: Run, step: int, selection_file: Path) -> Path:
         }
         for row, prompt, group in zip(selected, prompts, groups, strict=True)
     ]
-    return write_json(run.step_file(step, "rollouts"), out)
 
 
 def verify(run: Run, step: int, rollouts_file: Path, judgments_file: Path) -> Path:
@@ -44,8 +94,11 @@ def verify(run: Run, step: int, rollouts_file: Path, judgments_file: Path) -> Pa
     judged = {c["prompt_id"]: c for c in read_json(judgments_file)["candidates"]}
     rewards, reasons = [], []
     for g in groups:
-        row = run.train_row(g["prompt_id"])
-        scores, why = score_row(run.cfg, row, [c["text"] for c in g["completions"]])
+        if "rewards" in g:  # scored by a refilling rollout stage
+            scores, why = g["rewards"], g["reasons"]
+        else:
+            row = run.train_row(g["prompt_id"])
+            scores, why = score_row(run.cfg, row, [c["text"] for c in g["completions"]])
         rewards.append(scores)
         reasons.append(why)
     r = torch.tensor(rewards, dtype=torch.float32)
@@ -74,9 +127,10 @@ def verify(run: Run, step: int, rollouts_file: Path, judgments_file: Path) -> Pa
 
 def record(
     run: Run, step: int, rollouts_file: Path, verified_file: Path, judgments_file: Path
-) -> dict[str, int]:
+) -> dict[str, float]:
     """Outcome rows (one per completion) and judgment rows into DuckDB, keyed so a replay
-    replaces rather than duplicates. Also feeds the sampler its outcomes."""
+    replaces rather than duplicates; the step's spend into the run's totals. Also feeds the
+    sampler its outcomes, and returns its metrics (`sampler/<name>/...`)."""
     groups = {g["prompt_id"]: g for g in read_json(rollouts_file)}
     verified = read_json(verified_file)
     run.store.add_prompts(
@@ -125,24 +179,41 @@ def record(
                 "judge_reward": v.get("judge_reward") if v else None,
             }
         )
-    run.sampler.update({v["prompt_id"]: v["rewards"] for v in verified})
+    selection = read_json(run.step_file(step, "selection"))
+    features = selection.get("features", {})
+    run.sampler.update(
+        [
+            Outcome(
+                v["prompt_id"],
+                v["rewards"],
+                np.asarray(features[v["prompt_id"]]) if v["prompt_id"] in features else None,
+            )
+            for v in verified
+        ]
+    )
     # What this step spent, counted where it is recorded: a checkpoint taken later in the
     # iteration carries it, so a resumed run neither loses nor double-counts a step.
-    totals = run.totals
-    totals["rollouts"] = totals.get("rollouts", 0) + len(outcome_rows)
-    totals["generated_tokens"] = totals.get("generated_tokens", 0) + sum(
-        r["completion_tokens"] for r in outcome_rows
-    )
-    totals["judgment_tokens"] = totals.get("judgment_tokens", 0) + sum(
-        r["tokens"] for r in judgment_rows
-    )
+    run.charge("rollouts", len(outcome_rows))
+    run.charge("generated_tokens", sum(r["completion_tokens"] for r in outcome_rows))
+    run.charge("judgment_tokens", sum(r["tokens"] for r in judgment_rows))
+    for kind, amount in selection.get("cost", {}).items():  # value-model passes
+        run.charge(kind, amount)
+    discarded_file = run.step_file(step, "discarded")
+    if discarded_file.is_file():  # a refilling sampler's dropped groups
+        discarded = read_json(discarded_file)
+        run.charge("discarded_rollouts", sum(len(g["rewards"]) for g in discarded["groups"]))
+        run.charge("discarded_tokens", sum(g["completion_tokens"] for g in discarded["groups"]))
+        run.sampler.record_rounds(  # type: ignore[attr-defined]
+            discarded["rounds"],
+            discarded["accepted"],
+            len(discarded["groups"]),
+            run.cfg.curriculum.batch_prompts,
+        )
     for r in outcome_rows:  # the same spend, per domain
         domain = run.train_row(r["prompt_id"])["domain"]
-        totals[f"{domain}/rollouts"] = totals.get(f"{domain}/rollouts", 0) + 1
-        totals[f"{domain}/generated_tokens"] = (
-            totals.get(f"{domain}/generated_tokens", 0) + r["completion_tokens"]
-        )
-    return {
-        "outcomes": run.store.record_outcomes(outcome_rows),
-        "judgments": run.store.record_judgments(judgment_rows),
-    }
+        run.charge(f"{domain}/rollouts", 1)
+        run.charge(f"{domain}/generated_tokens", r["completion_tokens"])
+    run.store.record_outcomes(outcome_rows)
+    run.store.record_judgments(judgment_rows)
+    name = run.sampler.name
+    return {f"sampler/{name}/{k}": v for k, v in run.sampler.metrics().items()}

@@ -63,6 +63,11 @@ def update(
         metrics["judge/baseline"] = judgments.baseline
         metrics["judge/reward_mean"] = batch_mean
     metrics.update(run.trainer.train_step(rollouts, judgments, run.cfg.judge.lam))
+    trained = zip(rollouts.prompt_ids, rollouts.response_ids, strict=True)
+    run.charge("trainer_tokens", sum(len(p) + len(r) for p, r in trained))
+    if judgments is not None:
+        judged = zip(judgments.prompt_ids, judgments.judgment_ids, strict=True)
+        run.charge("trainer_tokens", sum(len(p) + len(j) for p, j in judged))
     if judgments is not None:
         run.baseline.update(metrics["judge/reward_mean"])
     return metrics

@@ -20,13 +20,9 @@ def iteration_metrics(run: Run, verified_file: Path, judgments_file: Path) -> di
     candidates = read_json(judgments_file)["candidates"]
     judged_any = any("text" in c for c in candidates)
     domain_of = {v["prompt_id"]: run.train_row(v["prompt_id"])["domain"] for v in verified}
-    totals = run.totals
     metrics = _outcome_metrics(verified, "train", "judge/selected", judged_any)
-    metrics |= {
-        "cost/rollouts": totals["rollouts"],
-        "cost/generated_tokens": totals["generated_tokens"],
-        "cost/judgment_tokens": totals["judgment_tokens"],
-    }
+    metrics |= spend_metrics(run.totals, "cost")
+    metrics |= spend_metrics(run.step_spend, "cost/step")
     if judged_any:
         # the parse-failure rate over every candidate judged, not only the selected ones
         metrics["judge/parse_failure_rate"] = sum(c["v_hat"] is None for c in candidates) / len(
@@ -39,13 +35,42 @@ def iteration_metrics(run: Run, verified_file: Path, judgments_file: Path) -> di
                 subset, f"train/{domain}", f"judge/selected/{domain}", judged_any
             )
         for kind in ("rollouts", "generated_tokens"):
-            metrics[f"cost/{domain}/{kind}"] = totals.get(f"{domain}/{kind}", 0)
+            metrics[f"cost/{domain}/{kind}"] = run.totals.get(f"{domain}/{kind}", 0)
     by_task: dict[str, list[float]] = {}
     for v in verified:
         by_task.setdefault(run.train_row(v["prompt_id"])["task"], []).extend(v["rewards"])
     for task, rs in by_task.items():
         metrics[f"train/{task}/reward_mean"] = sum(rs) / len(rs)
     return metrics
+
+
+SPEND = (
+    "rollouts",
+    "generated_tokens",
+    "discarded_rollouts",
+    "discarded_tokens",
+    "judgment_tokens",
+    "value_passes",
+    "value_tokens",
+    "trainer_tokens",
+    "train_seconds",
+)
+"""What every sampler is charged for (run.charge): trained rollouts and their completion tokens,
+rollouts generated and dropped (DAPO), judgment tokens (METIS), value-model forward passes and
+their prompt tokens (PCL), tokens through the trainer, and seconds in the training stages."""
+
+
+def spend_metrics(spend: dict[str, float], prefix: str) -> dict[str, float]:
+    """`<prefix>/<kind>` for every kind of spend, and `<prefix>/spent_tokens`: every token the
+    curriculum made the engine generate (trained and discarded rollouts, judgments; audits and
+    evaluations excluded), the x-axis of curriculum comparisons."""
+    out = {f"{prefix}/{kind}": float(spend.get(kind, 0)) for kind in SPEND}
+    out[f"{prefix}/spent_tokens"] = (
+        out[f"{prefix}/generated_tokens"]
+        + out[f"{prefix}/discarded_tokens"]
+        + out[f"{prefix}/judgment_tokens"]
+    )
+    return out
 
 
 def _outcome_metrics(

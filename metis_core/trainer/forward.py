@@ -217,3 +217,16 @@ def grouped_logprobs(
             top_p,
         )
     return out
+
+
+def prompt_features(
+    model: torch.nn.Module, batch: PackedBatch, device: torch.device
+) -> torch.Tensor:
+    """[N, H] the mean of the last hidden layer over each row's tokens (no LM head): a prompt's
+    frozen features for value models that read the policy (the PCL sampler)."""
+    mask = batch.attention_mask.to(device)
+    hidden = model.get_decoder()(
+        input_ids=batch.input_ids.to(device), attention_mask=mask
+    ).last_hidden_state.float()
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)

@@ -47,7 +47,12 @@ from metis_core.batch import (
     response_values,
 )
 from metis_core.config import TrainerConfig
-from metis_core.trainer.forward import full_logprobs, grouped_logprobs, logit_postprocess
+from metis_core.trainer.forward import (
+    full_logprobs,
+    grouped_logprobs,
+    logit_postprocess,
+    prompt_features,
+)
 from metis_core.trainer.rollout_correction import (
     correct_tokens,
     summarize_mismatch,
@@ -216,6 +221,13 @@ class PolicyTrainer:
         self.engine.eval()
         batch = pack_sequences([token_ids[:1]], [token_ids[1:]], self.pad_id)
         return full_logprobs(self.engine.module, batch, self.device, self.postprocess)[0].tolist()
+
+    @torch.no_grad()
+    def prompt_features(self, prompts: list[list[int]]) -> list[list[float]]:
+        """Mean last-layer hidden state of each prompt under the current policy (not trained by it)."""
+        self.engine.eval()
+        batch = pack_sequences(prompts, [[] for _ in prompts], self.pad_id)
+        return prompt_features(self.engine.module, batch, self.device).tolist()
 
     def _bitmasks(
         self, responses: Sequence[Sequence[int]], regexes: Sequence[str | None] | None

@@ -2,15 +2,12 @@
 no duplicated outcome rows and its metrics in the same MLflow run."""
 
 import json
-import os
-import signal
-import subprocess
 import time
 
 import duckdb
 import pytest
 
-from tests.conftest import REPO, metis_command, metis_env, mlflow_run, run_metis, set_args
+from tests.conftest import kill_group, mlflow_run, run_metis, set_args, start_metis
 from tests.integration.test_train_flow import B, N, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -22,15 +19,7 @@ def test_resume_after_kill(tiny_model, tmp_path):
     out = tmp_path / "runs"
     overrides = tiny_overrides(tiny_model, out, steps=STEPS, extra=["eval.every=0"])
     args = ["train", *set_args(overrides)]
-    log = (tmp_path / "first.log").open("w")
-    proc = subprocess.Popen(
-        metis_command(*args),
-        cwd=REPO,
-        env=metis_env(tmp_path),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = start_metis(tmp_path, args, tmp_path / "first.log")
     deadline = time.time() + 600
     latest = None
     while time.time() < deadline and proc.poll() is None:
@@ -40,10 +29,7 @@ def test_resume_after_kill(tiny_model, tmp_path):
             break
         time.sleep(0.5)
     assert latest is not None, (tmp_path / "first.log").read_text()[-3000:]
-    os.killpg(
-        proc.pid, signal.SIGKILL
-    )  # the flow and its temporary Prefect server, like a preemption
-    proc.wait(timeout=60)
+    kill_group(proc)  # the flow and its temporary Prefect server, like a preemption
     run_dir = latest.parents[1]
     killed_at = json.loads(latest.read_text())["step"]
     assert killed_at < STEPS - 1, "the run finished before it could be killed"
@@ -58,7 +44,7 @@ def test_resume_after_kill(tiny_model, tmp_path):
     finally:
         con.close()
     assert per_step == {s: B * N for s in range(STEPS)}  # replayed steps replaced, not duplicated
-    assert steps == list(range(STEPS))
+    assert steps == [-1, *range(STEPS)]  # the initial evaluation once, then every step once
     assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == STEPS - 1
 
     client, run_id = mlflow_run(run_dir)

@@ -72,13 +72,13 @@ def test_outcome_rows_land_once_per_completion(trained):
                 "SELECT step, count(*) FROM judgments WHERE selected GROUP BY step"
             ).fetchall()
         )
-        steps = con.execute("SELECT count(*) FROM steps").fetchone()[0]
+        steps = [r[0] for r in con.execute("SELECT step FROM steps ORDER BY step").fetchall()]
     finally:
         con.close()
     assert per_step == {0: B * N, 1: B * N}
     assert judged == {0: B * M, 1: B * M}
     assert selected == {0: B, 1: B}
-    assert steps == 2
+    assert steps == [-1, 0, 1]  # the initial evaluation, then each step once
 
 
 def test_sync_reaches_the_engine(trained):

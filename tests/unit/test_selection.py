@@ -3,7 +3,15 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from metis_core.samplers import SAMPLERS, Sampler, make_sampler, register_sampler, top_b
+from metis_core.curriculum_config import CurriculumConfig
+from metis_core.samplers import (
+    SAMPLERS,
+    Candidate,
+    Sampler,
+    make_sampler,
+    register_sampler,
+    top_b,
+)
 
 
 def test_top_b_picks_highest():
@@ -42,12 +50,29 @@ def test_registry_rejects_duplicate_names_and_unknown_samplers():
     with pytest.raises(ValueError, match="already registered"):
         register_sampler(Again)
     with pytest.raises(ValueError, match="unknown sampler"):
-        make_sampler("nope")
+        make_sampler(CurriculumConfig.model_construct(sampler="nope"))
 
 
 def test_metis_scores_are_the_judgments():
-    s = make_sampler("metis")
+    s = make_sampler(CurriculumConfig(sampler="metis"))
+    rng = np.random.default_rng(0)
     assert s.needs_judgment
-    assert s.score(["a", "b"], [0.1, 0.2]) == [0.1, 0.2]
-    with pytest.raises(ValueError):
-        s.score(["a", "b"], None)
+    assert s.score([Candidate("a", v_hat=0.1), Candidate("b", v_hat=0.2)], rng) == [0.1, 0.2]
+    with pytest.raises(ValueError, match="one judgment per candidate"):
+        s.score([Candidate("a"), Candidate("b", v_hat=0.2)], rng)
+
+
+def test_selection_floor_applies_to_scoring_samplers_only():
+    """metis keeps floor(0.25 * 4) = 1 slot for a uniform draw below its top; uniform and DAPO
+    have no ranking for a floor to correct."""
+    cfg = CurriculumConfig(exploration=0.25)
+    candidates = [Candidate(str(i), v_hat=1.0 - i / 10) for i in range(8)]
+    below_top = Counter()
+    for seed in range(50):
+        chosen = make_sampler(cfg).select(candidates, 4, np.random.default_rng(seed))
+        assert chosen[:3] == [0, 1, 2]
+        below_top[chosen[3]] += 1
+    assert set(below_top) <= set(range(3, 8)) and len(below_top) >= 4
+    assert not make_sampler(cfg.model_copy(update={"sampler": "uniform"})).scores_prompts
+    dapo = make_sampler(cfg.model_copy(update={"sampler": "dapo_dynamic"}))
+    assert sorted(dapo.select(candidates, 4, np.random.default_rng(0))) == list(range(8))
