@@ -10,6 +10,7 @@ import torch
 from metis_core.algorithms import group_advantages, judge_reward, realised_variance
 from metis_core.run import Run, read_json, write_json
 from metis_core.samplers import Outcome
+from metis_core.samplers.dapo import refill
 from metis_core.stages.generation import generate_for_rows, score_row
 
 
@@ -27,40 +28,32 @@ def rollout(run: Run, step: int, selection_file: Path) -> Path:
     if not run.sampler.refills:
         return write_json(run.step_file(step, "rollouts"), _roll_out(run, selection["prompt_ids"]))
     budget = run.cfg.curriculum.batch_prompts
+
+    def roll_and_score(prompt_ids: list[str]) -> list[dict]:
+        groups = _roll_out(run, prompt_ids)
+        for g in groups:
+            texts = [c["text"] for c in g["completions"]]
+            g["rewards"], g["reasons"] = score_row(run.cfg, run.train_row(g["prompt_id"]), texts)
+        return groups
+
     queue = selection["prompt_ids"] + selection["reserve"]
-    accepted: list[dict] = []
-    discarded: list[dict] = []
-    last_round: list[dict] = []
-    rounds = 0
-    while len(accepted) < budget and queue and rounds < run.cfg.curriculum.dapo.max_rounds:
-        take, queue = queue[: budget - len(accepted)], queue[budget - len(accepted) :]
-        rounds += 1
-        last_round = _roll_out(run, take)
-        for group in last_round:
-            row = run.train_row(group["prompt_id"])
-            group["rewards"], group["reasons"] = score_row(
-                run.cfg, row, [c["text"] for c in group["completions"]]
-            )
-            varies = not Outcome(group["prompt_id"], group["rewards"]).zero_variance
-            (accepted if varies else discarded).append(group)
-    kept = accepted or last_round
+    done = refill(queue, budget, run.cfg.curriculum.dapo.max_rounds, roll_and_score)
     write_json(
         run.step_file(step, "discarded"),
         {
-            "rounds": rounds,
-            "accepted": len(accepted),
+            "rounds": done.rounds,
+            "accepted": len(done.accepted),
             "groups": [
                 {
                     "prompt_id": g["prompt_id"],
                     "rewards": g["rewards"],
                     "completion_tokens": sum(len(c["token_ids"]) for c in g["completions"]),
                 }
-                for g in discarded
-                if g not in kept
+                for g in done.dropped
             ],
         },
     )
-    return write_json(run.step_file(step, "rollouts"), kept)
+    return write_json(run.step_file(step, "rollouts"), done.batch)
 
 
 def _roll_out(run: Run, prompt_ids: list[str]) -> list[dict]:

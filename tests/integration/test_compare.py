@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from tests.conftest import kill_group, mlflow_run, run_metis, set_args, start_metis
-from tests.integration.test_train_flow import tiny_overrides
+from tests.integration.test_train_flow import B, M, N, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
-SAMPLERS = ["uniform", "mopps"]
+SAMPLERS = ["uniform", "dapo_dynamic"]
 SEEDS = ["0", "1"]
 
 
@@ -64,15 +64,24 @@ def test_compare_resumes_after_a_kill(tiny_model, tmp_path):
         assert row["seeds"] == 2
         assert row["spent_tokens"] > 0
     assert (out / "comparison.png").stat().st_size > 10_000
-    assert "| mopps |" in (out / "comparison.md").read_text()
+    assert "| dapo_dynamic |" in (out / "comparison.md").read_text()
 
     # MLflow: one parent, four children under it, the table and the plot on the parent
-    client, child_run = mlflow_run(first)
+    client, _ = mlflow_run(first)
     parent = json.loads((out / "compare.json").read_text())["mlflow_run_id"]
     for c in children:
         _, run_id = mlflow_run(c)
         assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == parent
         assert client.get_run(run_id).info.status == "FINISHED"
+    # the tiny model solves nothing: every DAPO round is discarded, all of it charged
+    _, dapo_run = mlflow_run(out / "dapo_dynamic-seed0")
+    dapo = client.get_run(dapo_run).data.metrics
+    assert dapo["train/reward_mean"] == 0.0
+    assert dapo["cost/discarded_rollouts"] == 2 * (B * M - B) * N  # 2 steps, 3 rounds of B
+    assert (
+        dapo["sampler/dapo_dynamic/rounds"] == M and dapo["sampler/dapo_dynamic/batch_filled"] == 0
+    )
+    assert dapo["cost/spent_tokens"] > dapo["cost/generated_tokens"]
     artifacts = {a.path for a in client.list_artifacts(parent)}
     assert {"comparison.md", "comparison.json", "comparison.png"} <= artifacts
     assert "uniform/best_accuracy" in client.get_run(parent).data.metrics

@@ -8,6 +8,7 @@ import pytest
 
 from metis_core.curriculum_config import CurriculumConfig, SamplerName
 from metis_core.samplers import SAMPLERS, Candidate, Outcome, Sampler, make_sampler
+from metis_core.samplers.dapo import refill
 
 LEARNING = ["greso", "mopps", "pcl"]
 PROMPTS, DIM, POOL, BUDGET, ROLLOUTS = 64, 8, 32, 8, 8
@@ -270,3 +271,62 @@ def test_pcl_ridge_fit_has_an_intercept_and_clips_its_predictions():
     assert sampler.predict(probe) == pytest.approx([0.2, 0.4, 1.0], abs=1e-4)
     # 40 -> 1.8 unclipped; clipped to 1.0 it is as far from 0.5 as a prediction of 0.0
     assert sampler.score(probe, np.random.default_rng(0))[2] == pytest.approx(-0.5)
+
+
+# ---- dapo_dynamic: the refill loop (pure; the rollout stage gives it the engine) ----------------
+
+
+def _roller(rewards_of):
+    """A `roll` that returns each prompt's fixed rewards and records the rounds it was asked for."""
+    asked = []
+
+    def roll(prompt_ids):
+        asked.append(list(prompt_ids))
+        return [{"prompt_id": p, "rewards": list(rewards_of[p])} for p in prompt_ids]
+
+    return roll, asked
+
+
+def test_refill_tops_up_only_what_the_batch_lacks_and_keeps_every_accepted_group():
+    rewards = {"a": [1, 0], "b": [1, 1], "c": [0, 0], "d": [0, 1], "e": [1, 0], "f": [0, 1]}
+    roll, asked = _roller(rewards)
+    done = refill(list("abcdef"), 3, max_rounds=4, roll=roll)
+    assert asked == [["a", "b", "c"], ["d", "e"]]  # round 2 asks for the 2 still missing
+    assert [g["prompt_id"] for g in done.batch] == ["a", "d", "e"]
+    assert [g["prompt_id"] for g in done.dropped] == ["b", "c"]
+    assert done.rounds == 2
+
+
+def test_refill_that_cannot_fill_trains_on_what_it_has():
+    rewards = {"a": [1, 0], "b": [1, 1], "c": [0, 0], "d": [0, 0]}
+    roll, asked = _roller(rewards)
+    done = refill(list("abcd"), 3, max_rounds=2, roll=roll)
+    assert [g["prompt_id"] for g in done.batch] == ["a"]
+    assert done.rounds == 2 and asked == [["a", "b", "c"], ["d"]]
+    assert {g["prompt_id"] for g in done.dropped} == {"b", "c", "d"}
+
+
+def test_refill_with_no_varying_group_trains_the_last_round_and_drops_the_rest():
+    """Continuous rewards that are constant (eight times 2/3) count as zero variance too."""
+    rewards = {p: [2 / 3] * 8 for p in "abcd"}
+    roll, _ = _roller(rewards)
+    done = refill(list("abcd"), 2, max_rounds=5, roll=roll)
+    assert done.accepted == [] and done.rounds == 2
+    assert [g["prompt_id"] for g in done.batch] == ["c", "d"]  # last round, zero advantages
+    assert [g["prompt_id"] for g in done.dropped] == ["a", "b"]
+
+
+def test_dapo_sampler_orders_every_candidate_and_reports_its_rounds():
+    sampler = make_sampler(CurriculumConfig(sampler="dapo_dynamic"))
+    candidates = [Candidate(str(i)) for i in range(6)]
+    order = sampler.select(candidates, 2, np.random.default_rng(0))
+    assert sorted(order) == list(range(6))
+    assert order == sampler.select(candidates, 2, np.random.default_rng(0))  # replay draws the same
+    assert sampler.refills and not sampler.scores_prompts
+    sampler.record_rounds(rounds=3, accepted=1, discarded=5, budget=2)
+    assert sampler.metrics() == {
+        "rounds": 3.0,
+        "accepted_groups": 1.0,
+        "discarded_groups": 5.0,
+        "batch_filled": 0.0,
+    }
