@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "compare":
         return _compare(args, cfg.output_dir, cfg.name)
-    _prefect_environment(cfg.output_dir)
+    # a resumed run keeps its Prefect results (the stage cache) where it started: beside it
+    resume = getattr(args, "resume", None)
+    _prefect_environment(str(Path(resume).resolve().parent) if resume else cfg.output_dir)
     if args.command == "eval":
         return _eval(args)
     from flows.train import train

@@ -74,7 +74,8 @@ def train(
             tqdm.write(
                 f"metis: resumed {run.run_id} from its latest checkpoint: continuing at step {run.start_step}"
             )
-        elif cfg.eval.at_start:
+        elif cfg.eval.at_start and not run.store.count("steps", run.run_id, step=-1):
+            # (a run killed before its first checkpoint has it already)
             initial = stages.evaluate(run.run_id, -1) | stages.audit(run.run_id, -1)
             initial |= report.spend_metrics({}, "cost")  # the curves start at zero spend
             run.store.record_step(run.run_id, -1, initial)

@@ -80,9 +80,6 @@ def is_finished(run_dir: Path) -> bool:
 
 def open_run(run_dir: Path) -> Run:
     """Load every live part of the run in `run_dir`; resume from its latest checkpoint if any."""
-    from metis_core.engine.vllm_engine import PolicyEngine
-    from metis_core.trainer.policy_trainer import PolicyTrainer
-
     configure_runtime_environment()
     cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
     run_id = run_dir.name
@@ -105,6 +102,21 @@ def open_run(run_dir: Path) -> Run:
         tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
         info |= {"run_id": run_id, "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri}
         write_json(info_file, info)
+
+    try:
+        return _start_parts(cfg, run_id, run_dir, pool, tracker)
+    except BaseException:  # nothing started: the MLflow run must not stay RUNNING forever
+        tracker.end("FAILED")
+        raise
+
+
+def _start_parts(
+    cfg: RunConfig, run_id: str, run_dir: Path, pool: Dataset, tracker: Tracker
+) -> Run:
+    """The engine, trainer, store and sampler of an open run, restored from its latest
+    checkpoint if it has one."""
+    from metis_core.engine.vllm_engine import PolicyEngine
+    from metis_core.trainer.policy_trainer import PolicyTrainer
 
     model_dir = resolve_model(cfg.model.path)
     engine = PolicyEngine(model_dir, cfg.model.dtype, cfg.model.max_model_len, cfg.seed)

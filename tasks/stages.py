@@ -1,10 +1,10 @@
 """One Prefect task per stage. They pass run ids, step numbers and file paths, never live objects.
 
 Stages that only read the state at the start of a step (judge, select, rollout, verify) are cached
-under (run, step, stage) with persisted results: after a crash, a resumed run restored to the
-same weights reuses their files instead of paying for the rollouts again. Stages that change
-state (record, update, sync, checkpoint) always run; record's writes are keyed, so a replay
-replaces rather than duplicates.
+under (run, run folder and config, step, stage) with persisted results: after a crash, a resumed
+run restored to the same weights reuses their files instead of paying for the rollouts again.
+Stages that change state (record, update, sync, checkpoint) always run; record replaces the
+step's rows as a whole, so a replay leaves neither duplicates nor stale rows.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from tasks.runtime import live_run
 
 def _step_cache_key(stage: str):
     def key(_context: Any, parameters: dict[str, Any]) -> str:
-        # the folder too: two comparisons may each hold a run named uniform-seed0
-        folder = hashlib.sha1(str(live_run(parameters["run_id"]).run_dir.resolve()).encode())
-        return (
-            f"{parameters['run_id']}-{folder.hexdigest()[:12]}-step{parameters['step']:06d}-{stage}"
-        )
+        # the folder and the config too: two comparisons may each hold a run named
+        # uniform-seed0, and a config edited by hand must not reuse the old results
+        run = live_run(parameters["run_id"])
+        where = hashlib.sha1(f"{run.run_dir.resolve()}\n{run.cfg.to_json()}".encode())
+        return f"{run.run_id}-{where.hexdigest()[:12]}-step{parameters['step']:06d}-{stage}"
 
     return key
 

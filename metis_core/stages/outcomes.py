@@ -121,8 +121,8 @@ def verify(run: Run, step: int, rollouts_file: Path, judgments_file: Path) -> Pa
 def record(
     run: Run, step: int, rollouts_file: Path, verified_file: Path, judgments_file: Path
 ) -> dict[str, float]:
-    """Outcome rows (one per completion) and judgment rows into DuckDB, keyed so a replay
-    replaces rather than duplicates; the step's spend into the run's totals. Also feeds the
+    """Outcome rows (one per completion) and judgment rows into DuckDB, replacing the step's
+    rows as a whole (a replay leaves no stale ones); the step's spend into the run's totals. Also feeds the
     sampler its outcomes, and returns its metrics (`sampler/<name>/...`)."""
     groups = {g["prompt_id"]: g for g in read_json(rollouts_file)}
     verified = read_json(verified_file)
@@ -206,7 +206,6 @@ def record(
         domain = run.train_row(r["prompt_id"])["domain"]
         run.charge(f"{domain}/rollouts", 1)
         run.charge(f"{domain}/generated_tokens", r["completion_tokens"])
-    run.store.record_outcomes(outcome_rows)
-    run.store.record_judgments(judgment_rows)
+    run.store.replace_step(run.run_id, step, outcome_rows, judgment_rows)
     name = run.sampler.name
     return {f"sampler/{name}/{k}": v for k, v in run.sampler.metrics().items()}

@@ -1,6 +1,7 @@
 """The outcome history: a DuckDB file that feeds the calibration memory and the samplers.
 
-Schema (every write is keyed, so replaying a step after a crash replaces rows, never duplicates):
+Schema (every write is keyed, and a step's outcomes and judgments are replaced as a whole, so
+replaying a step after a crash leaves exactly that step's rows, never duplicates or stale ones):
 
     prompts   (prompt_id PK, prompt, answer, task, difficulty, domain)
     outcomes  (run_id, step, prompt_id, sample) PK; reward, completion, completion_tokens, reason
@@ -115,6 +116,30 @@ class OutcomeStore:
 
     def record_judgments(self, rows: Sequence[dict[str, Any]]) -> int:
         return self._upsert("judgments", rows)
+
+    def replace_step(
+        self,
+        run_id: str,
+        step: int,
+        outcomes: Sequence[dict[str, Any]],
+        judgments: Sequence[dict[str, Any]],
+    ) -> dict[str, int]:
+        """A step's outcome and judgment rows, replacing whatever the step held before, in one
+        transaction: a replayed step that chose other prompts leaves none of the old ones."""
+        frames = {
+            table: pd.DataFrame([{c: r.get(c) for c in _COLUMNS[table]} for r in rows],
+                                columns=_COLUMNS[table])
+            for table, rows in (("outcomes", outcomes), ("judgments", judgments))
+        }  # fmt: skip
+        with self._connect() as con:
+            con.begin()
+            for table, frame in frames.items():
+                con.execute(f"DELETE FROM {table} WHERE run_id = ? AND step = ?", [run_id, step])
+                con.register(f"incoming_{table}", frame)
+                cols = ", ".join(_COLUMNS[table])
+                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming_{table}")
+            con.commit()
+        return {table: len(frame) for table, frame in frames.items()}
 
     def record_step(self, run_id: str, step: int, metrics: dict[str, Any]) -> None:
         with self._connect() as con:

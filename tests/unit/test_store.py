@@ -1,5 +1,6 @@
 """The outcome history on a real DuckDB file."""
 
+import duckdb
 import pytest
 
 from metis_core.store.outcomes import OutcomeStore
@@ -55,6 +56,23 @@ def test_replayed_writes_replace_instead_of_duplicating(store):
         * 2
     )
     assert store.count("judgments", "r", step=0) == 1
+
+
+def test_a_replayed_step_that_chose_other_prompts_leaves_no_stale_rows(store):
+    def judged(step, prompt):
+        return {"run_id": "r", "step": step, "prompt_id": prompt, "v_hat": 0.1, "parsed": True,
+                "text": "x", "tokens": 3, "selected": True}  # fmt: skip
+
+    store.replace_step("r", 0, outcome_rows("r", 0, "a", [1, 0]), [judged(0, "a")])
+    store.replace_step("r", 1, outcome_rows("r", 1, "a", [1, 1]), [judged(1, "a")])
+    # step 1 replayed after a crash: another prompt chosen
+    counts = store.replace_step("r", 1, outcome_rows("r", 1, "b", [0, 1]), [judged(1, "b")])
+    assert counts == {"outcomes": 2, "judgments": 1}
+    assert store.prompt_stats("r").set_index("prompt_id")["steps"].to_dict() == {"a": 1, "b": 1}
+    assert store.count("outcomes", "r", step=0) == 2 and store.count("judgments", "r", step=1) == 1
+    with pytest.raises(duckdb.ConstraintException):  # a failed write leaves the step as it was
+        store.replace_step("r", 1, outcome_rows("r", 1, "c", [1, 1]) * 2, [judged(1, "c")])
+    assert store.prompt_stats("r").set_index("prompt_id")["steps"].to_dict() == {"a": 1, "b": 1}
 
 
 def test_recent_variances_newest_first_per_run(store):
