@@ -16,7 +16,12 @@ from metis_core.algorithms import MAX_VARIANCE
 
 # What constrained decoding forces the judgment to be (vLLM structured outputs, regex): exactly
 # 0.00-0.25. A looser 0.[0-2][0-9] let 0.26-0.29 clamp to 0.25 and piled probability on the ceiling.
+JUDGMENT_PREFIX = "\\boxed{0."
 JUDGMENT_REGEX = r"\\boxed\{0\.(?:[01][0-9]|2[0-5])\}"
+JUDGMENT_DIGITS_REGEX = r"(?:[01][0-9]|2[0-5])\}"
+"""The part of a constrained judgment that is decoded: the judgment prompt ends with
+JUDGMENT_PREFIX, whose tokens the constraint would force one by one (probability 1: decode steps
+that carry no gradient), so only the two digits and the closing brace are generated."""
 
 INSTRUCTION = (
     "Before you solve a problem, predict how much your reward on it would vary if you answered it "
@@ -97,8 +102,7 @@ def judgment_messages(
 
 
 # The allowed answers 0.00-0.25 as (tenths digit, hundredths digits it allows), in JUDGMENT_REGEX's
-# order; every answer starts with this prefix.
-JUDGMENT_PREFIX = "\\boxed{0."
+# order; every answer starts with this prefix (JUDGMENT_PREFIX, defined above).
 ALLOWED_DIGITS: dict[int, range] = {0: range(10), 1: range(10), 2: range(6)}
 
 

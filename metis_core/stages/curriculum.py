@@ -9,8 +9,8 @@ import numpy as np
 from metis_core.config import RunConfig
 from metis_core.judgment import (
     ALLOWED_DIGITS,
+    JUDGMENT_DIGITS_REGEX,
     JUDGMENT_PREFIX,
-    JUDGMENT_REGEX,
     CalibrationExample,
     calibration_memory,
     expected_judgment,
@@ -55,8 +55,9 @@ def history(run: Run, step: int, rows: list[dict]) -> dict[str, list[Calibration
 
 
 def judgment_regex(cfg: RunConfig) -> str | None:
-    """What judgments are constrained to, or None when they are sampled freely."""
-    return JUDGMENT_REGEX if cfg.judge.constrained else None
+    """What the decoded part of a judgment is constrained to (the digits and the closing brace;
+    the prompt ends with JUDGMENT_PREFIX), or None when judgments are sampled freely."""
+    return JUDGMENT_DIGITS_REGEX if cfg.judge.constrained else None
 
 
 def draw_candidates(run: Run, step: int) -> list[dict]:
@@ -85,9 +86,13 @@ def judge_rows(
 ) -> list[dict]:
     """The policy's judgment of each pool row: v_hat (None when unparsable), the judgment text,
     and the judgment prompt / emitted token ids (with the engine's log-probs of them) that the
-    judge loss trains on. One engine call for all rows."""
+    judge loss trains on. One engine call for all rows. Constrained judgments have the forced
+    `\\boxed{0.` at the end of their prompt, so 3 tokens are decoded instead of about 10."""
     cfg = run.cfg.judge
     tok = run.engine.tokenizer
+    # constrained: the forced `\boxed{0.` goes into the prompt, only the digits are generated
+    prefix = JUDGMENT_PREFIX if cfg.constrained else ""
+    prefix_ids = tok.encode(prefix, add_special_tokens=False) if prefix else []
     prompts = []
     for row in rows:
         messages = judgment_messages(
@@ -98,7 +103,7 @@ def judge_rows(
             cfg.candidate_max_tokens,
         )
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        prompts.append(tok.encode(text, add_special_tokens=False))
+        prompts.append(tok.encode(text, add_special_tokens=False) + prefix_ids)
     outputs = run.engine.generate(
         prompts,
         n=1,
@@ -108,8 +113,8 @@ def judge_rows(
     )
     judged = [
         {
-            "v_hat": parse_judgment(out.text).v_hat,
-            "text": out.text,
+            "v_hat": parse_judgment(prefix + out.text).v_hat,
+            "text": prefix + out.text,
             "prompt_token_ids": prompt,
             "judgment_token_ids": out.token_ids,
             "judgment_logprobs": out.logprobs,
@@ -123,22 +128,22 @@ def judge_rows(
 
 
 def expected_judgments(run: Run, prompts: list[list[int]]) -> list[float]:
-    """E[v_hat] of each judgment prompt under the judge's own distribution over the 26 allowed
-    answers: the tenths digit after `\\boxed{0.` and the hundredths digit after each allowed
-    tenths digit, read as next-token log-probs at the judge temperature (4 one-token requests per
-    prompt, all served from the prefix cache that sampling the judgment just filled)."""
+    """E[v_hat] of each judgment prompt (ending with JUDGMENT_PREFIX) under the judge's own
+    distribution over the 26 allowed answers: the tenths digit after the prefix and the
+    hundredths digit after each allowed tenths digit, read as next-token log-probs at the judge
+    temperature (4 one-token requests per prompt, all served from the prefix cache that sampling
+    the judgment just filled)."""
     tok = run.engine.tokenizer
-    prefix = tok.encode(JUDGMENT_PREFIX, add_special_tokens=False)
     digits = [tok.encode(str(d), add_special_tokens=False) for d in range(10)]
     if any(len(ids) != 1 for ids in digits):
         raise ValueError("judge.scoring=expected needs a tokenizer with one token per digit")
     digit_of = {ids[0]: d for d, ids in enumerate(digits)}
     requests, allowed = [], []
     for prompt in prompts:
-        requests.append(prompt + prefix)
+        requests.append(prompt)
         allowed.append([digits[d][0] for d in ALLOWED_DIGITS])
         for d1, seconds in ALLOWED_DIGITS.items():
-            requests.append(prompt + prefix + digits[d1])
+            requests.append(prompt + digits[d1])
             allowed.append([digits[d][0] for d in seconds])
     logprobs = run.engine.next_token_logprobs(requests, allowed, run.cfg.judge.temperature)
     by_digit = [

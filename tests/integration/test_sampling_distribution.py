@@ -8,7 +8,7 @@ import torch
 
 from metis_core.algorithms import logprob_mismatch
 from metis_core.batch import pack_grouped, response_values
-from metis_core.judgment import JUDGMENT_REGEX
+from metis_core.judgment import JUDGMENT_DIGITS_REGEX, JUDGMENT_PREFIX, JUDGMENT_REGEX
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +78,7 @@ def test_rollout_logprobs_match_the_engine_under_top_p(engine, trainer):
     "regex",
     [
         JUDGMENT_REGEX,
+        JUDGMENT_DIGITS_REGEX,
         r"\[(?:add|mul)\(a=[0-9]{1,3}, b=[0-9]{1,3}\)\]",  # the shape of a function-call constraint
     ],
 )
@@ -123,14 +124,20 @@ def test_expected_judgment_is_the_mean_of_sampled_judgments(engine):
     from metis_core.stages.curriculum import expected_judgments
 
     prompts = [engine.tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
+    prefix = engine.tokenizer.encode(JUDGMENT_PREFIX, add_special_tokens=False)
     run = SimpleNamespace(
         engine=engine, cfg=SimpleNamespace(judge=SimpleNamespace(temperature=1.0))
     )
-    expected = expected_judgments(run, prompts)
+    judge_prompts = [p + prefix for p in prompts]  # as judge_rows builds them
+    expected = expected_judgments(run, judge_prompts)
     n = 400
-    groups = engine.generate(prompts, n=n, temperature=1.0, max_tokens=12, regex=JUDGMENT_REGEX)
+    groups = engine.generate(
+        judge_prompts, n=n, temperature=1.0, max_tokens=12, regex=JUDGMENT_DIGITS_REGEX
+    )
     for value, group in zip(expected, groups, strict=True):
-        draws = torch.tensor([parse_judgment(c.text).v_hat for c in group], dtype=torch.float64)
+        assert all(len(c.token_ids) <= 4 for c in group)  # two digits, `}` (and an end token)
+        texts = [JUDGMENT_PREFIX + c.text for c in group]
+        draws = torch.tensor([parse_judgment(t).v_hat for t in texts], dtype=torch.float64)
         standard_error = max(draws.std().item() / n**0.5, 1e-3)
         assert 0.0 <= value <= 0.25
         assert abs(draws.mean().item() - value) < 5 * standard_error
