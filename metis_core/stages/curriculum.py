@@ -124,6 +124,7 @@ def judge_rows(
     if cfg.scoring == "expected":
         for row, expected in zip(judged, expected_judgments(run, prompts), strict=True):
             row["v_hat_expected"] = expected
+            row["scoring_tokens"] = 1 + len(ALLOWED_DIGITS)  # one-token requests, charged
     return judged
 
 

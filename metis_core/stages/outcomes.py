@@ -188,7 +188,8 @@ def record(
     # iteration carries it, so a resumed run neither loses nor double-counts a step.
     run.charge("rollouts", len(outcome_rows))
     run.charge("generated_tokens", sum(r["completion_tokens"] for r in outcome_rows))
-    run.charge("judgment_tokens", sum(r["tokens"] for r in judgment_rows))
+    scoring = sum(c.get("scoring_tokens", 0) for c in read_json(judgments_file)["candidates"])
+    run.charge("judgment_tokens", sum(r["tokens"] for r in judgment_rows) + scoring)
     for kind, amount in selection.get("cost", {}).items():  # value-model passes
         run.charge(kind, amount)
     discarded_file = run.step_file(step, "discarded")
