@@ -86,6 +86,19 @@ def test_expected_v_hat_ranks_the_candidates(mixed):
     assert json.loads((steps / "judgments.json").read_text())["memory_size"] == 2
 
 
+def test_judgments_cost_their_digits_and_the_scoring_requests(mixed):
+    con = duckdb.connect(str(mixed["run_dir"] / "history.duckdb"), read_only=True)
+    try:
+        decoded, judged = con.execute("SELECT sum(tokens), count(*) FROM judgments").fetchone()
+        longest = con.execute("SELECT max(tokens) FROM judgments").fetchone()[0]
+    finally:
+        con.close()
+    assert longest <= 4  # two digits, `}` and an end token: `\boxed{0.` is in the prompt
+    client, run_id = mlflow_run(mixed["run_dir"])
+    charged = client.get_run(run_id).data.metrics["cost/judgment_tokens"]
+    assert charged == decoded + 4 * judged  # 4 one-token expected-scoring requests each
+
+
 def test_per_domain_metrics_in_mlflow(mixed):
     client, run_id = mlflow_run(mixed["run_dir"])
     metrics = client.get_run(run_id).data.metrics
