@@ -87,7 +87,7 @@ def judge_rows(
     """The policy's judgment of each pool row: v_hat (None when unparsable), the judgment text,
     and the judgment prompt / emitted token ids (with the engine's log-probs of them) that the
     judge loss trains on. One engine call for all rows. Constrained judgments have the forced
-    `\\boxed{0.` at the end of their prompt, so 3 tokens are decoded instead of about 10."""
+    `\\boxed{0.` at the end of their prompt, so 3-4 tokens are decoded instead of 10."""
     cfg = run.cfg.judge
     tok = run.engine.tokenizer
     # constrained: the forced `\boxed{0.` goes into the prompt, only the digits are generated
