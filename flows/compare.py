@@ -143,8 +143,14 @@ def summarise(comparison: dict, target: float | None) -> dict:
     tracker.log_dict(json.loads((out / "comparison.json").read_text()), "comparison.json")
     tracker.client.log_text(tracker.run_id, markdown, "comparison.md")
     tracker.log_figure(figure, "comparison.png")
-    tracker.end("FINISHED")
     return {"target": goal, "table": table}
+
+
+def _end_parent(comparison: dict, status: str) -> None:
+    out = Path(comparison["dir"])
+    tracker = _tracker(RunConfig.model_validate(read_json(out / PLAN_FILE)["config"]), out)
+    tracker.run_id = comparison["mlflow_run_id"]
+    tracker.end(status)
 
 
 @flow(name="metis-compare", log_prints=True)
@@ -169,15 +175,20 @@ def compare(
     seeds = list(seeds if seeds is not None else [0, 1, 2])
     comparison = plan(config_file, list(overrides or []), samplers, seeds, target, output)
     failed = []
-    for name, run_dir in comparison["children"].items():
-        if is_finished(Path(run_dir)):
-            print(f"metis-compare: {name} finished earlier; not rerun")
-            continue
-        try:
-            train.with_options(flow_run_name=name)(resume=run_dir)
-        except Exception as err:  # the others still run; the comparison reports and fails after
-            failed.append(f"{name}: {type(err).__name__}: {err}")
-    summarise(comparison, target)
+    try:
+        for name, run_dir in comparison["children"].items():
+            if is_finished(Path(run_dir)):
+                print(f"metis-compare: {name} finished earlier; not rerun")
+                continue
+            try:
+                train.with_options(flow_run_name=name)(resume=run_dir)
+            except Exception as err:  # the others still run; the comparison fails after them
+                failed.append(f"{name}: {type(err).__name__}: {err}")
+        summarise(comparison, target)
+    except BaseException:  # the parent MLflow run must not stay RUNNING
+        _end_parent(comparison, "FAILED")
+        raise
+    _end_parent(comparison, "FAILED" if failed else "FINISHED")
     print((Path(comparison["dir"]) / "comparison.md").read_text())
     if failed:
         raise RuntimeError("runs failed (the table leaves them out):\n" + "\n".join(failed))
