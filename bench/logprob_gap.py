@@ -12,6 +12,9 @@ Numbers in docs/metis.md ("What the update trains on").
 from __future__ import annotations
 
 import argparse
+import itertools
+
+SEEDS = itertools.count()  # each engine call its own seed
 
 
 def main() -> None:
@@ -52,7 +55,12 @@ def main() -> None:
     math = cfg.domain("math")
     for t in (cfg.rollout.temperature, 1.0):
         groups = engine.generate(
-            prompts, n=cfg.rollout.n, temperature=t, max_tokens=math.max_tokens, stop=math.stop
+            prompts,
+            n=cfg.rollout.n,
+            temperature=t,
+            max_tokens=math.max_tokens,
+            stop=math.stop,
+            seed=next(SEEDS),
         )
         flat = [(p, c) for p, g in zip(prompts, groups, strict=True) for c in g]
         ps, rs, ls = (
@@ -80,7 +88,12 @@ def main() -> None:
         for r in rows
     ]
     outs = engine.generate(
-        judge_prompts, n=1, temperature=cfg.judge.temperature, max_tokens=12, regex=JUDGMENT_REGEX
+        judge_prompts,
+        n=1,
+        temperature=cfg.judge.temperature,
+        max_tokens=12,
+        regex=JUDGMENT_REGEX,
+        seed=next(SEEDS),
     )
     ids, lps = [o[0].token_ids for o in outs], [o[0].logprobs for o in outs]
     masks = trainer._bitmasks(ids, [JUDGMENT_REGEX] * len(ids))
@@ -91,7 +104,12 @@ def main() -> None:
 
     def rollouts():
         groups = engine.generate(
-            prompts, n=cfg.rollout.n, temperature=t, max_tokens=math.max_tokens, stop=math.stop
+            prompts,
+            n=cfg.rollout.n,
+            temperature=t,
+            max_tokens=math.max_tokens,
+            stop=math.stop,
+            seed=next(SEEDS),
         )
         flat = [(p, c) for p, g in zip(prompts, groups, strict=True) for c in g]
         return [p for p, _ in flat], [c.token_ids for _, c in flat], [c.logprobs for _, c in flat]

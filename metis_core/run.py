@@ -14,6 +14,7 @@ Stages receive a `Run` and a step number and hand each other small files under
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -84,7 +85,11 @@ class Run:
 
     def rng(self, step: int, purpose: str) -> np.random.Generator:
         """A generator seeded by (seed, step, purpose): a replayed step draws the same numbers."""
-        return np.random.default_rng([self.cfg.seed, step, sum(purpose.encode())])
+        return np.random.default_rng(derive_seed(self.cfg.seed, step, purpose))
+
+    def engine_seed(self, step: int, purpose: str) -> int:
+        """The seed of one engine call, from (seed, step, purpose): a replay samples the same."""
+        return derive_seed(self.cfg.seed, step, purpose)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -142,6 +147,12 @@ class Run:
         self.baseline.load_state_dict(state["judge_baseline"])
         self.totals = dict(state.get("totals", {}))
         self.start_step = int(state["step"]) + 1
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed that depends on every part and on nothing else (no process, no hash salt)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def task_prompt_ids(cfg: RunConfig, tokenizer: Any, row: dict[str, Any]) -> list[int]:

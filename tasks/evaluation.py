@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from metis_core.config import RunConfig
 from metis_core.evaluation import benchmark_rows, metric_prefix
 from metis_core.metrics import accuracy_metrics
-from metis_core.run import task_prompt_ids, write_json
+from metis_core.run import derive_seed, task_prompt_ids, write_json
 from metis_core.stages.generation import generate_for_rows, score_row
 
 
@@ -68,7 +68,14 @@ def run_benchmark(
             f"{ev.cfg.data.max_prompt_tokens}; raise it (and model.max_model_len)"
         )
     groups = generate_for_rows(
-        ev.engine, ev.cfg, rows, prompts, n=samples, temperature=temperature, logprobs=False
+        ev.engine,
+        ev.cfg,
+        rows,
+        prompts,
+        n=samples,
+        temperature=temperature,
+        logprobs=False,
+        seed=derive_seed(seed, benchmark),
     )
     results = []
     for row, group in zip(rows, groups, strict=True):

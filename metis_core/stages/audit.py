@@ -40,7 +40,9 @@ def audit(run: Run, step: int) -> dict[str, float]:
     judged = [{"v_hat": None} for _ in rows]
     if run.sampler.needs_judgment:
         # the memory the sampler will judge the next step's candidates with
-        judged = judge_rows(run, rows, history(run, step + 1, rows))
+        judged = judge_rows(
+            run, rows, history(run, step + 1, rows), seed=run.engine_seed(step + 1, "audit-judge")
+        )
     candidates = [{"prompt_id": r["prompt_id"]} | j for r, j in zip(rows, judged, strict=True)]
     scores = sampler_scores(run, candidates, step + 1)
     cfg = run.cfg.rollout
@@ -53,6 +55,7 @@ def audit(run: Run, step: int) -> dict[str, float]:
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         logprobs=False,
+        seed=run.engine_seed(step + 1, "audit-rollout"),
     )
     rewards = [
         score_row(run.cfg, r, [c.text for c in g])[0] for r, g in zip(rows, groups, strict=True)

@@ -82,7 +82,7 @@ def draw_candidates(run: Run, step: int) -> list[dict]:
 
 
 def judge_rows(
-    run: Run, rows: list[dict], memory: dict[str, list[CalibrationExample]]
+    run: Run, rows: list[dict], memory: dict[str, list[CalibrationExample]], *, seed: int
 ) -> list[dict]:
     """The policy's judgment of each pool row: v_hat (None when unparsable), the judgment text,
     and the judgment prompt / emitted token ids (with the engine's log-probs of them) that the
@@ -110,6 +110,7 @@ def judge_rows(
         temperature=cfg.temperature,
         max_tokens=cfg.max_tokens,
         regex=judgment_regex(run.cfg),
+        seed=seed,
     )
     judged = [
         {
@@ -168,7 +169,8 @@ def judge(run: Run, step: int, memory: dict[str, list[CalibrationExample]]) -> P
     candidates = draw_candidates(run, step)
     rows = [{"prompt_id": c["prompt_id"]} for c in candidates]
     if run.sampler.needs_judgment:
-        for row, judged in zip(rows, judge_rows(run, candidates, memory), strict=True):
+        judged_rows = judge_rows(run, candidates, memory, seed=run.engine_seed(step, "judge"))
+        for row, judged in zip(rows, judged_rows, strict=True):
             row.update(judged)
     memory_size = min(len(memory[c["prompt_id"]]) for c in candidates)
     return write_json(

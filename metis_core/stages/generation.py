@@ -12,6 +12,7 @@ from typing import Any
 from metis_core.config import RunConfig
 from metis_core.domains import decoding_regex, reward_mode
 from metis_core.rewards import score_completions
+from metis_core.run import derive_seed
 
 
 def generate_for_rows(
@@ -24,9 +25,10 @@ def generate_for_rows(
     temperature: float,
     top_p: float = 1.0,
     logprobs: bool = True,
+    seed: int,
 ) -> list[list[Any]]:
     """n completions per row (`prompts` are the rows' token ids), in row order, each decoded with
-    its domain's limits."""
+    its domain's limits; `seed` fixes the samples (each domain's call derives its own from it)."""
     by_domain: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         by_domain.setdefault(row.get("domain") or "math", []).append(i)
@@ -42,6 +44,7 @@ def generate_for_rows(
             stop=limits.stop,
             logprobs=logprobs,
             regex=[decoding_regex(cfg, rows[i]) for i in indices] if limits.constrained else None,
+            seed=derive_seed(seed, domain),
         )
         for i, group in zip(indices, groups, strict=True):
             out[i] = group

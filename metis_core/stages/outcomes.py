@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from metis_core.algorithms import group_advantages, judge_reward, realised_variance
-from metis_core.run import Run, read_json, write_json
+from metis_core.run import Run, derive_seed, read_json, write_json
 from metis_core.samplers import Outcome
 from metis_core.samplers.dapo import refill
 from metis_core.stages.generation import generate_for_rows, score_row
@@ -25,12 +25,17 @@ def rollout(run: Run, step: int, selection_file: Path) -> Path:
     the last round stands (its advantages are zero), so the iteration still completes.
     """
     selection = read_json(selection_file)
+    seed = run.engine_seed(step, "rollout")
     if not run.sampler.refills:
-        return write_json(run.step_file(step, "rollouts"), _roll_out(run, selection["prompt_ids"]))
+        rollouts = _roll_out(run, selection["prompt_ids"], seed)
+        return write_json(run.step_file(step, "rollouts"), rollouts)
     budget = run.cfg.curriculum.batch_prompts
+    rounds = 0
 
     def roll_and_score(prompt_ids: list[str]) -> list[dict]:
-        groups = _roll_out(run, prompt_ids)
+        nonlocal rounds
+        groups = _roll_out(run, prompt_ids, derive_seed(seed, rounds))
+        rounds += 1
         for g in groups:
             texts = [c["text"] for c in g["completions"]]
             g["rewards"], g["reasons"] = score_row(run.cfg, run.train_row(g["prompt_id"]), texts)
@@ -56,7 +61,7 @@ def rollout(run: Run, step: int, selection_file: Path) -> Path:
     return write_json(run.step_file(step, "rollouts"), done.batch)
 
 
-def _roll_out(run: Run, prompt_ids: list[str]) -> list[dict]:
+def _roll_out(run: Run, prompt_ids: list[str], seed: int) -> list[dict]:
     cfg = run.cfg.rollout
     selected = [run.train_row(pid) for pid in prompt_ids]
     prompts = [run.task_prompt_ids(row) for row in selected]
@@ -68,6 +73,7 @@ def _roll_out(run: Run, prompt_ids: list[str]) -> list[dict]:
         n=cfg.n,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
+        seed=seed,
     )
     return [
         {

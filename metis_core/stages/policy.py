@@ -95,7 +95,14 @@ def evaluate(run: Run, step: int) -> dict[str, float]:
     k = cfg.samples
     prompts = [run.task_prompt_ids(r) for r in rows]
     groups = generate_for_rows(
-        run.engine, run.cfg, rows, prompts, n=k, temperature=cfg.temperature, logprobs=False
+        run.engine,
+        run.cfg,
+        rows,
+        prompts,
+        n=k,
+        temperature=cfg.temperature,
+        logprobs=False,
+        seed=run.engine_seed(step, "evaluate"),
     )
     results = []
     for row, group in zip(rows, groups, strict=True):

@@ -42,7 +42,7 @@ def tolerance(engine) -> float:
 def sampled(engine, temperature, regex=None, n=4, top_p=1.0):
     prompts = [engine.tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
     groups = engine.generate(
-        prompts, n=n, temperature=temperature, top_p=top_p, max_tokens=12, regex=regex
+        prompts, n=n, temperature=temperature, top_p=top_p, max_tokens=12, regex=regex, seed=0
     )
     rows = [(p, c) for p, g in zip(prompts, groups, strict=True) for c in g]
     return [p for p, _ in rows], [c.token_ids for _, c in rows], [c.logprobs for _, c in rows]
@@ -132,7 +132,7 @@ def test_expected_judgment_is_the_mean_of_sampled_judgments(engine):
     expected = expected_judgments(run, judge_prompts)
     n = 400
     groups = engine.generate(
-        judge_prompts, n=n, temperature=1.0, max_tokens=12, regex=JUDGMENT_DIGITS_REGEX
+        judge_prompts, n=n, temperature=1.0, max_tokens=12, regex=JUDGMENT_DIGITS_REGEX, seed=1
     )
     for value, group in zip(expected, groups, strict=True):
         assert all(len(c.token_ids) <= 4 for c in group)  # two digits, `}` (and an end token)

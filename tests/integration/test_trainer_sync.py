@@ -34,7 +34,7 @@ def test_update_then_sync(engine, tiny_model, zero_stage, ppo_epochs):
     trainer = PolicyTrainer(tiny_model, cfg, max_response_tokens=8)
     engine.load_weights(trainer.named_weights())  # the engine may hold an earlier test's weights
     prompt = engine.tokenizer.encode("What is 2 + 3? The answer is", add_special_tokens=False)
-    groups = engine.generate([prompt, prompt], n=4, temperature=1.0, max_tokens=8)
+    groups = engine.generate([prompt, prompt], n=4, temperature=1.0, max_tokens=8, seed=0)
     probe = prompt + groups[0][0].token_ids
     engine_before = engine.sequence_logprobs(probe)
     assert max_gap(engine_before, trainer.sequence_logprobs(probe)) < TOLERANCE
