@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from metis_core.config_checks import check_tasks
 from metis_core.curriculum_config import CurriculumConfig
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, frozen=True, allow_inf_nan=False
+    )
 
 
 class ModelConfig(_Section):
@@ -87,6 +90,13 @@ class DomainConfig(_Section):
     constrained: bool = False
     """Constrain completions to the domain's answer format with vLLM structured outputs (only
     function calling has one: documented function and parameter names, literal values)."""
+
+    @field_validator("stop")
+    @classmethod
+    def _no_empty_stop(cls, stop: list[str]) -> list[str]:
+        if "" in stop:
+            raise ValueError("an empty stop string would end every completion at once")
+        return stop
 
 
 class MathDomain(DomainConfig):
@@ -334,6 +344,8 @@ class RunConfig(_Section):
         data = self.data
         if data.file is None and not data.tasks:
             raise ValueError("data: give either `file` or at least one entry in `tasks`")
+        if data.file is None:
+            check_tasks(data.tasks)
         domains = {"math"} if data.file else {t.domain for t in data.tasks}
         for name, weight in data.domain_weights.items():
             if weight < 0:

@@ -47,7 +47,7 @@ def load_config(
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), raw)
     try:
-        return RunConfig.model_validate(tree)
+        cfg = RunConfig.model_validate(tree)
     except ValidationError as err:
         lines = []
         for e in err.errors():
@@ -59,6 +59,37 @@ def load_config(
             )
             lines.append(f"  {where}: {msg}")
         raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
+    _check_files(cfg)
+    return cfg
+
+
+def _check_files(cfg: RunConfig) -> None:
+    """The files a config names must be there now, not when the run reaches them."""
+    named = [("trainer.deepspeed_config", cfg.trainer.deepspeed_config)]
+    if cfg.data.file is not None:
+        named.append(("data.file", cfg.data.file))
+    else:
+        named += [
+            (f"data.tasks.{i}.name", t.name)
+            for i, t in enumerate(cfg.data.tasks)
+            if t.source == "code_file"
+        ]
+    for key, name in named:
+        if name is not None and not Path(name).is_file():
+            raise ConfigError(
+                f"invalid config:\n  {key}: no such file {name!r} "
+                f"(relative paths are read from {Path.cwd()})"
+            )
+    if cfg.trainer.deepspeed_config is not None:
+        try:
+            merged = json.loads(Path(cfg.trainer.deepspeed_config).read_text())
+        except (ValueError, OSError) as err:
+            merged = err
+        if not isinstance(merged, dict):
+            raise ConfigError(
+                f"invalid config:\n  trainer.deepspeed_config: {cfg.trainer.deepspeed_config} "
+                f"must hold a JSON object ({merged!r:.120})"
+            )
 
 
 def config_reference() -> str:

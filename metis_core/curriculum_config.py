@@ -11,7 +11,9 @@ SamplerName = Literal["metis", "uniform", "dapo_dynamic", "greso", "mopps", "pcl
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, frozen=True, allow_inf_nan=False
+    )
 
 
 class DapoConfig(_Section):

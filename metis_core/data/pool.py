@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,30 +107,60 @@ def _generated_rows(cfg: DataConfig) -> list[dict[str, str]]:
     return rows
 
 
+def _answer_text(value: Any, where: str) -> str:
+    """A row's answer as text: a non-empty string, or a finite number (JSON and CSV give those)."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
+    got = "empty" if value is None or value == "" else f"{type(value).__name__} {value!r:.80}"
+    raise DatasetError(f"{where}: `answer` must be a non-empty string or a number, got {got}")
+
+
+def _label(row: dict[str, Any], key: str, default: str, where: str) -> str:
+    value = row.get(key)
+    if value is None or value == "":
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # a numbered level, e.g. difficulty 3
+    if not isinstance(value, str):
+        got = f"{type(value).__name__} {value!r:.80}"
+        raise DatasetError(f"{where}: `{key}` must be a string (or left empty), got {got}")
+    return value
+
+
 def _file_rows(path: str) -> list[dict[str, str]]:
     file = Path(path)
     table = load_table(file, {"prompt", "answer"}, DatasetError, "data.file")
     rows = []
     for i, row in enumerate(table):
-        prompt, answer = row["prompt"], row["answer"]
+        where = f"data.file {file}, row {i}"
+        prompt = row["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
-            raise DatasetError(
-                f"data.file {file}, row {i}: `prompt` must be a non-empty string, got {prompt!r}"
-            )
-        if answer is None or str(answer).strip() == "":
-            raise DatasetError(f"data.file {file}, row {i}: `answer` is empty")
+            raise DatasetError(f"{where}: `prompt` must be a non-empty string, got {prompt!r:.80}")
         rows.append(
             {
                 "prompt": prompt,
-                "answer": str(answer),
-                "task": str(row.get("task") or "file"),
-                "difficulty": str(row.get("difficulty") or "default"),
+                "answer": _answer_text(row["answer"], where),
+                "task": _label(row, "task", "file", where),
+                "difficulty": _label(row, "difficulty", "default", where),
                 "metadata": json.dumps({}),
                 "domain": "math",
                 "reward": "math_verify",
             }
         )
     return rows
+
+
+def _check_rewards(rows: list[dict[str, str]]) -> None:
+    from metis_core.rewards import REWARDS
+
+    for name in sorted({row["reward"] for row in rows} - set(REWARDS)):
+        task = next(row["task"] for row in rows if row["reward"] == name)
+        raise DatasetError(
+            f"task {task!r} is scored by {name!r}, which is no reward function; "
+            f"registered: {', '.join(sorted(REWARDS))}"
+        )
 
 
 def build_pool(
@@ -141,6 +172,7 @@ def build_pool(
     `data.max_prompt_tokens` are left out and counted in the log.
     """
     rows = _file_rows(cfg.file) if cfg.file else _generated_rows(cfg)
+    _check_rewards(rows)
     seen: dict[str, dict[str, str]] = {}
     too_long: dict[str, int] = {}
     for row in rows:
@@ -160,7 +192,12 @@ def build_pool(
             cfg.max_prompt_tokens,
             ", ".join(f"{t} {n}" for t, n in sorted(too_long.items())),
         )
+    if not seen:
+        raise DatasetError(
+            f"the prompt pool is empty: all {len(rows)} prompts are longer than "
+            f"data.max_prompt_tokens={cfg.max_prompt_tokens}; raise it (and model.max_model_len)"
+            if rows
+            else "the prompt pool is empty"
+        )
     pool = Dataset.from_list(list(seen.values()))
-    if pool.num_rows == 0:
-        raise DatasetError("the prompt pool is empty")
     return pool.select_columns(list(COLUMNS))

@@ -11,7 +11,8 @@ Every loader returns pool rows: dicts of strings with the keys
     reward      the registered reward function that scores this row (metis_core/rewards)
 `metis_core.data.pool` adds prompt_id and split. Reward functions are called as
 `fn(completions, mode=..., **row)` with mode `discrete` (right/wrong) or `continuous` (partial
-credit) and return one score in [0, 1] (or None) per completion.
+credit) and return one score in [0, 1] (or None: not applicable, or `Failure(reason)`: could not
+score it) per completion; metis_core/rewards/registry.py turns every failure into reward 0.
 """
 
 from __future__ import annotations

@@ -2,17 +2,26 @@
 
 The embedded model ignores answer-format instructions, so the answer is read leniently: the first
 line of the completion, and failing that the first number in it.
+
+Both scorers parse answers with sympy, which a completion like `\\boxed{9^{9^{9^{9}}}}` sends
+into a computation that never ends; so each completion is scored in a child process
+(metis_core/rewards/worker.py) that is killed past `SCORE_TIMEOUT_S`: that completion gets
+reward 0 with the reason `timed out`, and the run goes on.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from functools import cache, lru_cache
 from typing import Any
 
-from metis_core.rewards.registry import register_reward
+from metis_core.rewards.registry import Failure, register_reward
+from metis_core.rewards.worker import ScoringFailed, ScoringTimeout, ScoringWorker
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+SCORE_TIMEOUT_S = 5.0
+"""Longest time one completion may take to score (math-verify's own default limit)."""
 
 
 def candidate_answers(completion: str) -> list[str]:
@@ -25,34 +34,76 @@ def candidate_answers(completion: str) -> list[str]:
     return readings
 
 
+@cache
+def _worker(reward: str) -> ScoringWorker:
+    """One scoring process per math scorer, started on first use."""
+    preload = {"reasoning_gym": "reasoning_gym", "math_verify": "math_verify"}[reward]
+    return ScoringWorker(SCORE_TIMEOUT_S, preload=(preload, __name__))
+
+
+def _bounded(reward: str, function: str, *args: Any) -> float | Failure:
+    worker = _worker(reward)
+    worker.timeout_s = SCORE_TIMEOUT_S
+    try:
+        return float(worker.call(f"{__name__}:{function}", *args))
+    except ScoringTimeout as err:
+        return Failure(f"{err} (a pathological answer?)")
+    except ScoringFailed as err:
+        return Failure(str(err))
+
+
+# --- run inside the scoring process ---------------------------------------------------------
+
+
+@lru_cache(maxsize=4096)
+def _rg_entry(task: str, answer: str, metadata: str) -> tuple[Any, dict[str, Any]]:
+    import reasoning_gym
+
+    return reasoning_gym.get_score_answer_fn(task), {
+        "answer": answer,
+        "metadata": json.loads(metadata),
+    }
+
+
+def score_reasoning_gym(task: str, answer: str, metadata: str, completion: str) -> float:
+    scorer, entry = _rg_entry(task, answer, metadata)
+    return max((float(scorer(a, entry)) for a in candidate_answers(completion)), default=0.0)
+
+
+@lru_cache(maxsize=4096)
+def _gold(answer: str) -> Any:
+    from math_verify import parse
+
+    return parse(answer, parsing_timeout=None)  # the parent's time limit bounds it
+
+
+def score_math_verify(answer: str, completion: str) -> float:
+    from math_verify import parse, verify
+
+    gold = _gold(answer)
+    readings = candidate_answers(completion)
+    ok = any(verify(gold, parse(a, parsing_timeout=None), timeout_seconds=None) for a in readings)
+    return 1.0 if ok else 0.0
+
+
+# --- the registered rewards (run in the caller's process) -----------------------------------
+
+
 @register_reward("reasoning_gym")
 def reasoning_gym_reward(
     completions: list[str], *, answer: str, task: str, metadata: str = "{}", **_: Any
-) -> list[float | None]:
-    import reasoning_gym
-
-    scorer = reasoning_gym.get_score_answer_fn(task)
-    entry = {"answer": answer, "metadata": json.loads(metadata)}
+) -> list[float | None | Failure]:
+    meta = metadata or "{}"
     return [
-        max((float(scorer(a, entry)) for a in candidate_answers(c)), default=0.0)
-        for c in completions
+        _bounded("reasoning_gym", "score_reasoning_gym", task, answer, meta, c) for c in completions
     ]
 
 
 @register_reward("math_verify")
-def math_verify_reward(completions: list[str], *, answer: str, **_: Any) -> list[float | None]:
-    from math_verify import parse, verify
-
-    # Timeouts off: they use signals and raise outside the main thread (Prefect runs tasks in threads).
-    gold = parse(answer, parsing_timeout=None)
-    scores: list[float | None] = []
-    for c in completions:
-        ok = any(
-            verify(gold, parse(a, parsing_timeout=None), timeout_seconds=None)
-            for a in candidate_answers(c)
-        )
-        scores.append(1.0 if ok else 0.0)
-    return scores
+def math_verify_reward(
+    completions: list[str], *, answer: str, **_: Any
+) -> list[float | None | Failure]:
+    return [_bounded("math_verify", "score_math_verify", answer, c) for c in completions]
 
 
 def reward_for_task(task: str) -> str:

@@ -11,12 +11,16 @@ replaying a step after a crash leaves exactly that step's rows, never duplicates
               - one row per candidate the judge scored
     steps     (run_id, step) PK; metrics (JSON), recorded_at
 
-Only one process may hold a DuckDB file open, so each call opens, works and closes.
+Only one process may hold a DuckDB file open, so each call opens, works and closes. A file held
+by another process is waited for (`lock_wait_s`), then refused with HistoryLockedError naming the
+file and the holder's PID; nothing is written, so the file stays as it was.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,9 +79,14 @@ _COLUMNS = {
 }
 
 
+class HistoryLockedError(RuntimeError):
+    """Another process holds the history file open (DuckDB allows one process at a time)."""
+
+
 class OutcomeStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, lock_wait_s: float = 10.0) -> None:
         self.path = Path(path)
+        self.lock_wait_s = lock_wait_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
             con.execute(SCHEMA)
@@ -86,9 +95,27 @@ class OutcomeStore:
                 "ALTER TABLE prompts ADD COLUMN IF NOT EXISTS domain VARCHAR DEFAULT 'math'"
             )
 
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.lock_wait_s
+        while True:
+            try:
+                return duckdb.connect(str(self.path))
+            except duckdb.IOException as err:
+                if "lock" not in str(err).lower():
+                    raise
+                if time.monotonic() >= deadline:
+                    pid = re.search(r"PID (\d+)", str(err))
+                    holder = f" (PID {pid.group(1)})" if pid else ""
+                    raise HistoryLockedError(
+                        f"another process{holder} is using {self.path}: stop it (another metis "
+                        "run or --resume of this run folder, or a duckdb shell) and try again; to "
+                        "read the history meanwhile, open a copy of the file"
+                    ) from err
+                time.sleep(0.2)
+
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        con = duckdb.connect(str(self.path))
+        con = self._open()
         try:
             yield con
         finally:
