@@ -12,7 +12,8 @@ examples:
   metis train                                   # the CPU default (same as --config configs/default.yaml)
   metis train --config configs/default.yaml --set curriculum.batch_prompts=4 --set steps=5
   metis train --set curriculum.sampler=uniform  # the plain-GRPO baseline on equal footing
-  metis train --resume runs/metis-default-20261121-220000   # continue after a crash/preemption
+  metis train --resume runs/metis-default-20261121-220000-1a2b   # continue after a crash/preemption
+  metis train --run-id nightly-a    # rerun the same command after a kill: it continues
   metis config --set judge.lam=0                # print the resolved config and exit
   metis train --config configs/mixed.yaml       # math + code + function calling in one pool
   metis eval --checkpoint embedded:smollm2-135m-instruct          # the untrained default model
@@ -92,7 +93,15 @@ def _parser() -> argparse.ArgumentParser:
                 "--resume",
                 default=None,
                 metavar="RUN_DIR",
-                help="continue the run in RUN_DIR from its latest checkpoint",
+                help="continue the run in RUN_DIR from its latest complete checkpoint",
+            )
+            s.add_argument(
+                "--run-id",
+                default=None,
+                metavar="NAME",
+                help="name the run (its folder under output_dir): rerunning the same command "
+                "after a crash or preemption continues it, and a finished one is not rerun "
+                "(default: <name>-<start time>-<flow run>)",
             )
     return p
 
@@ -200,9 +209,21 @@ def main(argv: list[str] | None = None) -> int:
     _prefect_environment(str(Path(resume).resolve().parent) if resume else cfg.output_dir)
     if args.command == "eval":
         return _eval(args)
-    from flows.train import train
+    from flows.train import Preempted, train
 
-    run_dir = train(config_file=args.config, overrides=args.overrides, resume=args.resume)
+    try:
+        run_dir = train(
+            config_file=args.config,
+            overrides=args.overrides,
+            resume=args.resume,
+            run_id=args.run_id,
+        )
+    except ConfigError as err:  # e.g. --run-id of a run started with another config
+        print(f"metis: {err}", file=sys.stderr)
+        return 2
+    except Preempted as err:
+        print(f"metis: {err}", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as if the signal had ended it
     print(f"metis: run finished: {run_dir}")
     return 0
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
 from metis_core.config_loading import load_config
-from metis_core.launch import mark_finished, open_run, prepare_run_dir
+from metis_core.launch import is_finished, mark_finished, named_run_dir, open_run
 from metis_core.stages import report
 from tasks import stages
 from tasks.runtime import register, release
@@ -42,8 +45,52 @@ def _due(step: int, every: int, last: int) -> bool:
     return step == last or (every > 0 and (step + 1) % every == 0)
 
 
+class Preempted(RuntimeError):
+    """The run was asked to stop (SIGTERM) and stopped after an iteration, with a checkpoint."""
+
+
+class _StopRequest:
+    """SIGTERM (a preemption notice, `kill`, Prefect cancelling) asks the run to stop after the
+    current iteration and its checkpoint, instead of dying mid-step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signals reach only that one
+            self._previous = signal.signal(signal.SIGTERM, self._request)
+        return self
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        tqdm.write("metis: SIGTERM: stopping after this iteration and its checkpoint")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _flow_run_suffix() -> str:
+    """`<created>-<id>` of this Prefect flow run: the same for every retry of it (a retry keeps
+    the flow run), so a Retry from the Prefect UI or a crash automation continues the run."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    flow_run = ctx.flow_run if ctx is not None else None
+    if flow_run is None or flow_run.created is None:
+        return time.strftime("%Y%m%d-%H%M%S")
+    return f"{flow_run.created:%Y%m%d-%H%M%S}-{str(flow_run.id)[:4]}"
+
+
 @task(name="open-run", cache_policy=NO_CACHE)
-def _prepare(config_file: str | None, overrides: list[str], resume: str | None) -> str:
+def _prepare(
+    config_file: str | None,
+    overrides: list[str],
+    resume: str | None,
+    run_id: str | None,
+    suffix: str,
+) -> str:
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "config.json").is_file():
@@ -51,19 +98,32 @@ def _prepare(config_file: str | None, overrides: list[str], resume: str | None) 
                 f"--resume {resume}: no config.json there; give a run folder under the output dir"
             )
         return str(run_dir)
-    return str(prepare_run_dir(load_config(config_file, overrides)))
+    cfg = load_config(config_file, overrides)
+    return str(named_run_dir(cfg, run_id or f"{cfg.name}-{suffix}"))
 
 
 @flow(name="metis-train", log_prints=True)
 def train(
-    config_file: str | None = None, overrides: list[str] | None = None, resume: str | None = None
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+    resume: str | None = None,
+    run_id: str | None = None,
 ) -> str:
     """Train a policy with a self-judged curriculum. Returns the run folder.
 
     config_file: YAML config (sparse); overrides: `key=value` strings; resume: a run folder to
-    continue from its latest checkpoint.
+    continue from its latest checkpoint; run_id: the run's name under output_dir (an unfinished
+    run of that name continues, a finished one is left as it is).
     """
-    run_dir = Path(_prepare(config_file, list(overrides or []), resume))
+    run_dir = Path(_prepare(config_file, list(overrides or []), resume, run_id, _flow_run_suffix()))
+    if is_finished(run_dir):
+        tqdm.write(f"metis: {run_dir.name} already finished all its steps; nothing to do")
+        return str(run_dir)
+    with _StopRequest() as stop:
+        return _train(run_dir, stop)
+
+
+def _train(run_dir: Path, stop: _StopRequest) -> str:
     run = open_run(run_dir)
     register(run)
     cfg = run.cfg
@@ -78,25 +138,31 @@ def train(
             # (a run killed before its first checkpoint has it already)
             initial = stages.evaluate(run.run_id, -1) | stages.audit(run.run_id, -1)
             initial |= report.spend_metrics({}, "cost")  # the curves start at zero spend
+            run.tracker.log_metrics(initial, -1)  # first: the steps row says it is done
             run.store.record_step(run.run_id, -1, initial)
-            run.tracker.log_metrics(initial, -1)
             tqdm.write(
                 f"initial policy | heldout avg@{cfg.eval.samples} {initial[f'eval/avg_at_{cfg.eval.samples}']:.3f}"
             )
         bar = tqdm(range(run.start_step, cfg.steps), desc=run.run_id, unit="it", dynamic_ncols=True)
         for step in bar:
             run.stage_seconds, run.step_spend = {}, {}
-            started = time.perf_counter()
+            run.iteration_started = time.perf_counter()
+            checkpoint_now = _due(step, cfg.checkpoint_every, last)
             metrics = metis_iteration(
-                run.run_id,
-                step,
-                _due(step, cfg.eval.every, last),
-                _due(step, cfg.checkpoint_every, last),
+                run.run_id, step, _due(step, cfg.eval.every, last), checkpoint_now
             )
-            # wall-clock of the whole iteration, Prefect's own overhead included (bench/ reads it)
-            run.tracker.log_metrics({"time/iteration_s": time.perf_counter() - started}, step)
+            if not checkpoint_now:  # (a checkpoint logs it, before it counts as complete)
+                run.tracker.log_metrics({"time/iteration_s": run.iteration_seconds()}, step)
             bar.set_postfix_str(progress_line(metrics, cfg.eval.samples, short=True))
             tqdm.write(f"step {step:4d} | {progress_line(metrics, cfg.eval.samples)}")
+            if stop.requested and step < last:
+                if not checkpoint_now:
+                    stages.checkpoint(run.run_id, step)
+                status = "KILLED"
+                raise Preempted(
+                    f"stopped by SIGTERM after step {step}, checkpointed; continue with "
+                    f"`metis train --resume {run_dir}`"
+                )
         stages.plots(run.run_id)
         mark_finished(run_dir)
         status = "FINISHED"

@@ -11,12 +11,12 @@ checkpoint's HF export); or an MLflow run id of a training run (its `metis.lates
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metis_core import checkpoints
 from metis_core.data.pool import prompt_id
 
 BENCHMARK_HELP = "humaneval, bfcl:<category> (e.g. bfcl:simple_python), heldout"
@@ -46,9 +46,11 @@ def resolve_checkpoint(spec: str) -> Checkpoint:
     if spec.startswith("embedded:"):
         return Checkpoint(spec, -1)
     path = Path(spec)
-    if (path / "checkpoints" / "latest.json").is_file():  # a run folder
-        tag = json.loads((path / "checkpoints" / "latest.json").read_text())["tag"]
-        return Checkpoint(str(path / "checkpoints" / tag / "hf"), _step_of(Path(tag)), path)
+    if (path / "run.json").is_file() and (path / "checkpoints").is_dir():  # a run folder
+        complete = checkpoints.resumable(path / "checkpoints")
+        if not complete:
+            raise EvalError(f"run folder {spec}: no complete checkpoint under checkpoints/")
+        return Checkpoint(str(complete[0].path / "hf"), complete[0].step, path)
     if (path / "hf" / "config.json").is_file():  # a checkpoint tag folder
         path = path / "hf"
     if (path / "config.json").is_file():

@@ -9,9 +9,10 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from metis_core import checkpoints
 from metis_core.algorithms import MovingAverageBaseline
 from metis_core.config import RunConfig
-from metis_core.config_loading import flat_params
+from metis_core.config_loading import ConfigError, flat_params
 from metis_core.data.pool import DatasetError, build_pool
 from metis_core.model.weights import cache_dir, resolve_model
 from metis_core.run import Run, new_sampler, read_json, task_prompt_ids, write_json
@@ -51,7 +52,7 @@ def prepare_run_dir(cfg: RunConfig, run_id: str | None = None) -> Path:
     before any folder is made."""
     run_id = run_id or new_run_id(cfg)
     run_dir = Path(cfg.output_dir) / run_id
-    if (run_dir / "pool.parquet").is_file():
+    if (run_dir / "config.json").is_file():  # written last: the folder is complete
         return run_dir
     pool = build_run_pool(cfg)
     train = sum(split == "train" for split in pool["split"])
@@ -62,9 +63,29 @@ def prepare_run_dir(cfg: RunConfig, run_id: str | None = None) -> Path:
             "an iteration draws; add data.tasks or lower curriculum.pool_multiplier"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(cfg.to_json())
-    pool.to_parquet(str(run_dir / "pool.parquet"))
+    pool.to_parquet(str(run_dir / "pool.parquet.tmp"))
+    (run_dir / "pool.parquet.tmp").replace(run_dir / "pool.parquet")
+    (run_dir / "config.json.tmp").write_text(cfg.to_json())
+    (run_dir / "config.json.tmp").replace(run_dir / "config.json")
     return run_dir
+
+
+def named_run_dir(cfg: RunConfig, run_id: str) -> Path:
+    """The folder of run `run_id` under cfg.output_dir: created when new; when it exists, it must
+    have been started with this same config (rerunning the command that started it continues it).
+    """
+    saved = Path(cfg.output_dir) / run_id / "config.json"
+    if saved.is_file():
+        before = flat_params(RunConfig.model_validate_json(saved.read_text()))
+        now = flat_params(cfg)
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if changed:
+            raise ConfigError(
+                f"run {run_id!r} exists with another config ({', '.join(changed[:6])} differ); "
+                f"continue it with `metis train --resume {saved.parent}` (its own config) or "
+                "choose another --run-id"
+            )
+    return prepare_run_dir(cfg, run_id)
 
 
 def mark_finished(run_dir: Path) -> None:
@@ -96,7 +117,8 @@ def open_run(run_dir: Path) -> Run:
     tags = {"metis.run_dir": str(run_dir.resolve())}
     if "parent_mlflow_run_id" in info:  # a run of a comparison (flows/compare.py)
         tags["mlflow.parentRunId"] = info["parent_mlflow_run_id"]
-    mlflow_run_id = tracker.start(run_id, info.get("mlflow_run_id"), tags=tags)
+    known = info.get("mlflow_run_id") or tracker.find("metis.run_dir", tags["metis.run_dir"])
+    mlflow_run_id = tracker.start(run_id, known, tags=tags)
     if "mlflow_run_id" not in info:
         tracker.log_params(flat_params(cfg))
         tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
@@ -140,12 +162,17 @@ def _start_parts(
         sampler=sampler,
         baseline=MovingAverageBaseline(cfg.judge.baseline_momentum),
     )
-    latest = run.checkpoint_dir / "latest.json"
-    if latest.is_file():
-        tag = read_json(latest)["tag"]
-        run.load_client_state(trainer.load_checkpoint(run.checkpoint_dir, tag))
+
+    def load(checkpoint: checkpoints.Checkpoint) -> None:
+        run.load_client_state(trainer.load_checkpoint(run.checkpoint_dir, checkpoint.tag))
+
+    restored = checkpoints.restore(run.checkpoint_dir, load)
+    if restored is not None:
         engine.load_weights(trainer.named_weights())
         log.info(
-            "resumed %s from checkpoint %s: continuing at step %d", run_id, tag, run.start_step
+            "resumed %s from checkpoint %s: continuing at step %d",
+            run_id,
+            restored.tag,
+            run.start_step,
         )
     return run

@@ -68,6 +68,7 @@ class Run:
     run keeps counting."""
     step_spend: dict[str, float] = field(default_factory=dict)
     """This iteration's share of `totals` (reset at every iteration, like stage_seconds)."""
+    iteration_started: float = field(default_factory=time.perf_counter)
     _prompt_tokens: dict[str, list[int]] = field(default_factory=dict)
     _rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _train_by_id: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -100,6 +101,10 @@ class Run:
             self.stage_seconds[stage] = (
                 self.stage_seconds.get(stage, 0.0) + time.perf_counter() - start
             )
+
+    def iteration_seconds(self) -> float:
+        """Wall-clock since this iteration started, Prefect's own overhead included."""
+        return time.perf_counter() - self.iteration_started
 
     def charge(self, kind: str, amount: float) -> None:
         """Count spend of one kind into the totals and this iteration's share of them."""

@@ -4,19 +4,26 @@ Stages that only read the state at the start of a step (judge, select, rollout, 
 under (run, run folder and config, step, stage) with persisted results: after a crash, a resumed
 run restored to the same weights reuses their files instead of paying for the rollouts again.
 Stages that change state (record, update, sync, checkpoint) always run; record replaces the
-step's rows as a whole, so a replay leaves neither duplicates nor stale rows.
+step's rows as a whole, so a replay leaves neither duplicates nor stale rows. A cached stage's
+seconds are kept beside its result, so a replayed step still reports what the stage cost.
+Every stage starts with a failpoint (metis_core/failpoints.py) for the kill tests.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from metis_core.failpoints import failpoint
 from metis_core.judgment import CalibrationExample
+from metis_core.run import Run, read_json, write_json
 from metis_core.stages import audit as audit_stage
 from metis_core.stages import curriculum, outcomes, policy, report
 from tasks.runtime import live_run
@@ -39,6 +46,9 @@ def _still_there(path: str) -> str:
     return path
 
 
+CACHED = ("judge", "select", "rollout", "verify")
+
+
 def _cached(stage: str):
     return task(name=stage, cache_key_fn=_step_cache_key(stage), persist_result=True, retries=0)
 
@@ -47,38 +57,57 @@ def _always(stage: str):
     return task(name=stage, cache_policy=NO_CACHE, persist_result=False)
 
 
+@contextmanager
+def _stage(run: Run, step: int, stage: str) -> Iterator[None]:
+    """Time a stage (a cached one also into steps/<step>/seconds-<stage>.json), after its
+    failpoint."""
+    failpoint(stage, step)
+    with run.timed(stage):
+        yield
+    if stage in CACHED:
+        write_json(run.step_file(step, f"seconds-{stage}"), run.stage_seconds[stage])
+
+
+def _replayed_seconds(run: Run, step: int) -> None:
+    """The seconds of cached stages this process did not run (served from Prefect's cache)."""
+    for stage in CACHED:
+        path = run.step_file(step, f"seconds-{stage}")
+        if stage not in run.stage_seconds and path.is_file():
+            run.stage_seconds[stage] = float(read_json(path))
+
+
 @_always("history")
 def history(run_id: str, step: int) -> dict[str, list[CalibrationExample]]:
     run = live_run(run_id)
-    with run.timed("history"):
+    with _stage(run, step, "history"):
         return curriculum.history(run, step, curriculum.draw_candidates(run, step))
 
 
 @_cached("judge")
 def judge(run_id: str, step: int, memory: dict[str, list[CalibrationExample]]) -> str:
     run = live_run(run_id)
-    with run.timed("judge"):
+    with _stage(run, step, "judge"):
         return str(curriculum.judge(run, step, memory))
 
 
 @_cached("select")
 def select(run_id: str, step: int, judgments: str) -> str:
     run = live_run(run_id)
-    with run.timed("select"):
+    with _stage(run, step, "select"):
         return str(curriculum.select(run, step, Path(_still_there(judgments))))
 
 
 @_cached("rollout")
 def rollout(run_id: str, step: int, selection: str) -> str:
     run = live_run(run_id)
-    with run.timed("rollout"):
+    with _stage(run, step, "rollout"):
         return str(outcomes.rollout(run, step, Path(_still_there(selection))))
 
 
 @_cached("verify")
 def verify(run_id: str, step: int, rollouts: str, judgments: str) -> str:
     run = live_run(run_id)
-    with run.timed("verify"):
+    with _stage(run, step, "verify"):
         return str(outcomes.verify(run, step, Path(_still_there(rollouts)), Path(judgments)))
 
 
@@ -87,7 +116,7 @@ def record(
     run_id: str, step: int, rollouts: str, verified: str, judgments: str
 ) -> dict[str, float]:
     run = live_run(run_id)
-    with run.timed("record"):
+    with _stage(run, step, "record"):
         return outcomes.record(run, step, Path(rollouts), Path(verified), Path(judgments))
 
 
@@ -96,39 +125,44 @@ def update(
     run_id: str, step: int, rollouts: str, verified: str, judgments: str
 ) -> dict[str, float]:
     run = live_run(run_id)
-    with run.timed("update"):
+    with _stage(run, step, "update"):
         return policy.update(run, step, Path(rollouts), Path(verified), Path(judgments))
 
 
 @_always("sync")
 def sync(run_id: str, step: int) -> dict[str, float]:
     run = live_run(run_id)
-    with run.timed("sync"):
+    with _stage(run, step, "sync"):
         return policy.sync(run, step)
 
 
 @_always("evaluate")
 def evaluate(run_id: str, step: int) -> dict[str, float]:
     run = live_run(run_id)
-    with run.timed("evaluate"):
+    with _stage(run, step, "evaluate"):
         return policy.evaluate(run, step)
 
 
 @_always("audit")
 def audit(run_id: str, step: int) -> dict[str, float]:
     run = live_run(run_id)
-    with run.timed("audit"):
+    with _stage(run, step, "audit"):
         return audit_stage.audit(run, step)
 
 
 @_always("checkpoint")
 def checkpoint(run_id: str, step: int) -> str:
-    """Runs after the step's metrics are logged, so it logs its own time."""
+    """Runs after the step's metrics are logged, so it logs its own time and the iteration's, just
+    before the checkpoint counts as complete (a kill before that replays the step)."""
     run = live_run(run_id)
-    with run.timed("checkpoint"):
-        path = str(policy.checkpoint(run, step))
-    run.tracker.log_metrics({"time/checkpoint_s": run.stage_seconds["checkpoint"]}, step)
-    return path
+    failpoint("checkpoint", step)
+    started = time.perf_counter()
+
+    def log_times() -> None:
+        seconds = {"time/checkpoint_s": time.perf_counter() - started}
+        run.tracker.log_metrics(seconds | {"time/iteration_s": run.iteration_seconds()}, step)
+
+    return str(policy.checkpoint(run, step, before_commit=log_times))
 
 
 @_always("log")
@@ -137,7 +171,8 @@ def log_iteration(
 ) -> dict[str, float]:
     """Assemble the iteration's metrics, write them to DuckDB's steps table and MLflow."""
     run = live_run(run_id)
-    with run.timed("log"):
+    with _stage(run, step, "log"):
+        _replayed_seconds(run, step)
         training = sum(s for k, s in run.stage_seconds.items() if k not in ("evaluate", "audit"))
         run.charge("train_seconds", training)
         metrics = report.iteration_metrics(run, Path(verified), Path(judgments))
@@ -149,6 +184,7 @@ def log_iteration(
             report.sample_table(run, Path(rollouts), Path(verified)),
             f"samples/step_{step:06d}.json",
         )
+    failpoint("mlflow-logged", step)
     return metrics
 
 

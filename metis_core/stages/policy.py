@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+from metis_core import checkpoints
 from metis_core.domains import decoding_regex
+from metis_core.failpoints import failpoint
 from metis_core.metrics import accuracy_metrics, spread_over_domains
 from metis_core.run import Run, read_json, trains_judge, write_json
 from metis_core.stages.curriculum import judgment_regex
@@ -120,24 +122,27 @@ def evaluate(run: Run, step: int) -> dict[str, float]:
     return accuracy_metrics(results, k, prefix="eval")
 
 
-def checkpoint(run: Run, step: int, keep: int = 2) -> Path:
-    """DeepSpeed checkpoint (weights, optimiser, sampler state, judge baseline) plus an HF export
-    of the policy; older checkpoints beyond `keep` are removed."""
-    tag = f"step-{step:06d}"
-    run.trainer.save_checkpoint(run.checkpoint_dir, tag, run.client_state(step))
-    export = run.checkpoint_dir / tag / "hf"
-    run.trainer.export_hf(export)
-    run.engine.tokenizer.save_pretrained(str(export))
-    write_json(run.checkpoint_dir / "latest.json", {"tag": tag, "step": step})
-    # The weights stay on disk (hundreds of MB); MLflow gets where they are, to find them from the UI.
-    manifest = {
-        "step": step,
-        "deepspeed": str((run.checkpoint_dir / tag).resolve()),
-        "hf_export": str(export.resolve()),
-    }
-    run.tracker.log_dict(manifest, f"checkpoints/{tag}.json")
-    run.tracker.set_tag("metis.latest_checkpoint", manifest["hf_export"])
-    tags = sorted(p.name for p in run.checkpoint_dir.glob("step-*"))
-    for old in tags[:-keep]:
-        shutil.rmtree(run.checkpoint_dir / old, ignore_errors=True)
-    return run.checkpoint_dir / tag
+def checkpoint(
+    run: Run, step: int, keep: int = 2, before_commit: Callable[[], None] = lambda: None
+) -> Path:
+    """DeepSpeed checkpoint (weights, optimiser, sampler state, judge baseline, spend totals) plus
+    an HF export of the policy, written so a half-written one is never resumed from
+    (metis_core/checkpoints.py); MLflow gets where it is before it counts as complete, so a kill
+    in between replays the step and logs nothing twice. `before_commit` runs last of all."""
+
+    def save(folder: Path) -> None:
+        run.trainer.save_checkpoint(run.checkpoint_dir, folder.name, run.client_state(step))
+        failpoint("checkpoint-write", step)
+        run.trainer.export_hf(folder / "hf")
+        run.engine.tokenizer.save_pretrained(str(folder / "hf"))
+        # The weights stay on disk (hundreds of MB); MLflow gets where they are, for the UI.
+        manifest = {
+            "step": step,
+            "deepspeed": str(folder.resolve()),
+            "hf_export": str((folder / "hf").resolve()),
+        }
+        run.tracker.log_dict(manifest, f"checkpoints/{folder.name}.json")
+        run.tracker.set_tag("metis.latest_checkpoint", manifest["hf_export"])
+        before_commit()
+
+    return checkpoints.write(run.checkpoint_dir, step, save, keep).path

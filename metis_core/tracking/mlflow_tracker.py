@@ -1,5 +1,11 @@
 """MLflow: one run per training run. Uses MlflowClient with an explicit run id, so it works from
-any thread a Prefect task runs in, and a resumed run logs into the same MLflow run."""
+any thread a Prefect task runs in, and a resumed run logs into the same MLflow run.
+
+Logging is idempotent per (metric, step): a resumed run replays the steps after its checkpoint,
+some of which MLflow may already hold (killed after logging, before the checkpoint), so a metric
+is logged at a step only if MLflow holds nothing for it at that step or later. The first value
+logged for a step stands (a replay computes the same one: runs are reproducible).
+"""
 
 from __future__ import annotations
 
@@ -32,6 +38,8 @@ class Tracker:
         else:
             self.experiment_id = found.experiment_id
         self.run_id: str | None = None
+        self._logged_through: dict[str, int] = {}
+        """metric -> the last step MLflow holds a value at."""
 
     def start(
         self, run_name: str, run_id: str | None = None, tags: dict[str, str] | None = None
@@ -40,11 +48,21 @@ class Tracker:
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
+            latest = self.client.get_run(run_id).data.to_proto().metrics
+            self._logged_through = {m.key: m.step for m in latest}
         else:
             self.run_id = self.client.create_run(
                 self.experiment_id, run_name=run_name, tags=tags or {}
             ).info.run_id
         return self.run_id
+
+    def find(self, tag: str, value: str) -> str | None:
+        """The id of this experiment's run tagged `tag=value` (a run created just before a kill,
+        whose id never reached run.json), or None."""
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{tag}` = '{value}'", max_results=1
+        )
+        return found[0].info.run_id if found else None
 
     def log_params(self, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -60,10 +78,13 @@ class Tracker:
 
         now = int(time.time() * 1000)
         items = [
-            Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and v == v
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if v is not None and v == v and step > self._logged_through.get(k, step - 1)
         ]
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i : i + 500])
+        self._logged_through.update((m.key, step) for m in items)
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
         self.client.log_text(self.run_id, json.dumps(data, indent=2, default=str), artifact_file)

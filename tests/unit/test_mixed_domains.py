@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from metis_core import checkpoints
 from metis_core.config_loading import load_config
 from metis_core.domains import reward_mode, task_chat
 from metis_core.evaluation import EvalError, benchmark_rows, metric_prefix, resolve_checkpoint
@@ -108,10 +109,13 @@ def test_checkpoint_specs(tmp_path):
     assert resolve_checkpoint("embedded:smollm2-135m-instruct").step == -1
     run = tmp_path / "run-1"
     hf = run / "checkpoints" / "step-000011" / "hf"
-    hf.mkdir(parents=True)
-    (hf / "config.json").write_text("{}")
+
+    def save(folder):
+        (folder / "hf").mkdir(parents=True)
+        (folder / "hf" / "config.json").write_text("{}")
+
+    checkpoints.write(run / "checkpoints", 11, save)
     (run / "run.json").write_text("{}")
-    (run / "checkpoints" / "latest.json").write_text(json.dumps({"tag": "step-000011"}))
     for spec in (run, run / "checkpoints" / "step-000011", hf):
         ckpt = resolve_checkpoint(str(spec))
         assert (ckpt.model_path, ckpt.step, ckpt.run_dir) == (str(hf), 11, run)
