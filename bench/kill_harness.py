@@ -7,7 +7,7 @@ Each run is `metis train --run-id <name>` on a tiny random Llama (built under --
 with the same command after every kill, as a user or a Prefect retry would. A run passes when its
 outcome rows and judgments equal the reference run's, its final weights are within --tolerance of
 the reference's, and MLflow holds exactly one value per metric per step (each metric at every step
-the reference logged it, once). One JSON line per run
+the reference logged it, once), equal to the reference's for every metric but wall-clock ones. One JSON line per run
 goes to <out>/results.jsonl (resumable: runs already there are skipped).
 """
 
@@ -143,23 +143,31 @@ def snapshot(run_dir: Path) -> dict[str, Any]:
     return {"tables": tables, "weights": weights, "step": newest.step}
 
 
-def mlflow_steps(run_dir: Path) -> dict[str, list[int]]:
-    """metric -> the step of every value MLflow holds for it, sorted."""
+def mlflow_values(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """metric -> (step, value) of every value MLflow holds for it, sorted."""
     from mlflow.tracking import MlflowClient
 
     info = json.loads((run_dir / "run.json").read_text())
     client = MlflowClient(info["tracking_uri"])
     keys = client.get_run(info["mlflow_run_id"]).data.metrics
     return {
-        key: sorted(m.step for m in client.get_metric_history(info["mlflow_run_id"], key))
+        key: sorted(
+            (m.step, m.value) for m in client.get_metric_history(info["mlflow_run_id"], key)
+        )
         for key in keys
     }
+
+
+def _timing(key: str) -> bool:
+    """Metrics of wall-clock, which no two runs share."""
+    return key.startswith("time/") or "seconds" in key
 
 
 def compare(reference: Path, killed: Path) -> dict[str, Any]:
     a, b = snapshot(reference), snapshot(killed)
     gap = max((a["weights"][k] - b["weights"][k]).abs().max().item() for k in a["weights"])
-    expected, logged = mlflow_steps(reference), mlflow_steps(killed)
+    expected, logged = mlflow_values(reference), mlflow_values(killed)
+    steps = {k: [s for s, _ in v] for k, v in logged.items()}
     return {
         "outcomes_identical": a["tables"]["outcomes"] == b["tables"]["outcomes"],
         "judgments_identical": a["tables"]["judgments"] == b["tables"]["judgments"],
@@ -167,15 +175,18 @@ def compare(reference: Path, killed: Path) -> dict[str, Any]:
         "final_step": b["step"],
         "max_weight_gap": gap,
         "mlflow_duplicates": {
-            k: sorted({s for s in steps if steps.count(s) > 1})
-            for k, steps in logged.items()
-            if len(set(steps)) < len(steps)
+            k: sorted({s for s in v if v.count(s) > 1})
+            for k, v in steps.items()
+            if len(set(v)) < len(v)
         },
         "mlflow_missing": {
-            k: sorted(set(steps) - set(logged.get(k, [])))
-            for k, steps in expected.items()
-            if set(steps) - set(logged.get(k, []))
+            k: sorted({s for s, _ in v} - set(steps.get(k, [])))
+            for k, v in expected.items()
+            if {s for s, _ in v} - set(steps.get(k, []))
         },
+        "mlflow_values_differ": sorted(
+            k for k, v in expected.items() if not _timing(k) and logged.get(k) != v
+        ),
     }
 
 
@@ -187,6 +198,7 @@ def passed(result: dict[str, Any], tolerance: float) -> bool:
         and result["max_weight_gap"] <= tolerance
         and not result["mlflow_duplicates"]
         and not result["mlflow_missing"]
+        and not result["mlflow_values_differ"]
     )
 
 

@@ -42,8 +42,10 @@ DEFAULT_BENCHMARKS = ("humaneval", "bfcl:simple_python", "bfcl:multiple", "bfcl:
 def _tracking_uri(cfg: RunConfig, run_dir: Path | None) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    if run_dir is not None and (run_dir / "run.json").is_file():
-        return json.loads((run_dir / "run.json").read_text())["tracking_uri"]
+    found = run_dir is not None and (run_dir / "run.json").is_file()
+    info = json.loads((run_dir / "run.json").read_text()) if found else {}
+    if info.get("tracking_uri"):  # (absent when the run was killed before it reached MLflow)
+        return info["tracking_uri"]
     return cfg.tracking_uri or default_tracking_uri(cfg.output_dir)
 
 

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from metis_core.config_loading import load_config
 from metis_core.launch import is_finished, mark_finished, named_run_dir, open_run
+from metis_core.run import Run
 from metis_core.stages import report
 from tasks import stages
 from tasks.runtime import register, release
@@ -134,15 +135,8 @@ def _train(run_dir: Path, stop: _StopRequest) -> str:
             tqdm.write(
                 f"metis: resumed {run.run_id} from its latest checkpoint: continuing at step {run.start_step}"
             )
-        elif cfg.eval.at_start and not run.store.count("steps", run.run_id, step=-1):
-            # (a run killed before its first checkpoint has it already)
-            initial = stages.evaluate(run.run_id, -1) | stages.audit(run.run_id, -1)
-            initial |= report.spend_metrics({}, "cost")  # the curves start at zero spend
-            run.tracker.log_metrics(initial, -1)  # first: the steps row says it is done
-            run.store.record_step(run.run_id, -1, initial)
-            tqdm.write(
-                f"initial policy | heldout avg@{cfg.eval.samples} {initial[f'eval/avg_at_{cfg.eval.samples}']:.3f}"
-            )
+        elif cfg.eval.at_start:
+            _initial_evaluation(run)
         bar = tqdm(range(run.start_step, cfg.steps), desc=run.run_id, unit="it", dynamic_ncols=True)
         for step in bar:
             run.stage_seconds, run.step_spend = {}, {}
@@ -170,6 +164,26 @@ def _train(run_dir: Path, stop: _StopRequest) -> str:
         run.tracker.end(status)
         release(run.run_id)
     return str(run_dir)
+
+
+def _initial_evaluation(run: Run) -> None:
+    """Held-out accuracy and judge audit of the untrained policy, as step -1. A run killed after
+    it and before its first checkpoint has its row already: the totals it charged (the audit's
+    rollouts) come back from that row instead of evaluating again."""
+    done = dict(run.store.step_metrics(run.run_id)).get(-1)
+    if done is not None:
+        run.totals.update(
+            (key.removeprefix("cost/"), value)
+            for key, value in done.items()
+            if key.startswith("cost/") and key.count("/") == 1 and key != "cost/spent_tokens"
+        )
+        return
+    initial = stages.evaluate(run.run_id, -1) | stages.audit(run.run_id, -1)
+    initial |= report.spend_metrics({}, "cost")  # the curves start at zero spend
+    run.tracker.log_metrics(initial, -1)  # first: the steps row says it is done
+    run.store.record_step(run.run_id, -1, initial)
+    k = run.cfg.eval.samples
+    tqdm.write(f"initial policy | heldout avg@{k} {initial[f'eval/avg_at_{k}']:.3f}")
 
 
 def progress_line(m: dict[str, float], k: int, short: bool = False) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 
 from datasets import Dataset
@@ -114,10 +115,14 @@ def open_run(run_dir: Path) -> Run:
         or default_tracking_uri(cfg.output_dir)
     )
     tracker = Tracker(tracking_uri, cfg.experiment, Path(cfg.output_dir) / "mlartifacts")
-    tags = {"metis.run_dir": str(run_dir.resolve())}
+    if "incarnation" not in info:  # names this folder's MLflow run before it exists
+        info["incarnation"] = uuid.uuid4().hex
+        write_json(info_file, info)
+    tags = {"metis.run_dir": str(run_dir.resolve()), "metis.incarnation": info["incarnation"]}
     if "parent_mlflow_run_id" in info:  # a run of a comparison (flows/compare.py)
         tags["mlflow.parentRunId"] = info["parent_mlflow_run_id"]
-    known = info.get("mlflow_run_id") or tracker.find("metis.run_dir", tags["metis.run_dir"])
+    # a kill between creating the MLflow run and writing its id leaves it findable by its tag
+    known = info.get("mlflow_run_id") or tracker.find("metis.incarnation", info["incarnation"])
     mlflow_run_id = tracker.start(run_id, known, tags=tags)
     if "mlflow_run_id" not in info:
         tracker.log_params(flat_params(cfg))
