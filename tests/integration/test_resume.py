@@ -1,56 +1,76 @@
-"""A run killed with SIGKILL mid-training resumes from its latest checkpoint and finishes, with
-no duplicated outcome rows and its metrics in the same MLflow run."""
+"""A run interrupted five times (SIGKILL at the start of its first judge, SIGTERM mid-step, SIGKILL
+while writing a checkpoint, after logging to MLflow and in the update) and continued each time by
+rerunning its command ends identical to a run never interrupted: same outcome rows and judgments,
+same weights, one MLflow value per metric per step, equal to the unkilled run's."""
 
 import json
+import signal
 import time
 
-import duckdb
 import pytest
 
-from tests.conftest import kill_group, mlflow_run, run_metis, set_args, start_metis
-from tests.integration.test_train_flow import B, N, tiny_overrides
+from bench.kill_harness import compare, run_to_end, start, stop_group
+from tests.conftest import mlflow_run
 
 pytestmark = pytest.mark.slow
 
-STEPS = 4
+
+def wait_for(path, proc, timeout=600):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, "the run ended before it got there"
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
 
 
-def test_resume_after_kill(tiny_model, tmp_path):
-    out = tmp_path / "runs"
-    overrides = tiny_overrides(tiny_model, out, steps=STEPS, extra=["eval.every=0"])
-    args = ["train", *set_args(overrides)]
-    proc = start_metis(tmp_path, args, tmp_path / "first.log")
-    deadline = time.time() + 600
-    latest = None
-    while time.time() < deadline and proc.poll() is None:
-        found = list(out.glob("*/checkpoints/latest.json"))
-        if found and json.loads(found[0].read_text())["step"] >= 1:
-            latest = found[0]
-            break
-        time.sleep(0.5)
-    assert latest is not None, (tmp_path / "first.log").read_text()[-3000:]
-    kill_group(proc)  # the flow and its temporary Prefect server, like a preemption
-    run_dir = latest.parents[1]
-    killed_at = json.loads(latest.read_text())["step"]
-    assert killed_at < STEPS - 1, "the run finished before it could be killed"
+def test_interrupted_run_equals_an_uninterrupted_one(tiny_model, tmp_path):
+    runs = tmp_path / "runs"
+    run_to_end(tiny_model, runs, "reference", [], tmp_path / "reference.log")
+    log = tmp_path / "killed.log"
 
-    resumed = run_metis(tmp_path, ["train", "--resume", str(run_dir)])
-    assert f"continuing at step {killed_at + 1}" in resumed.stdout + resumed.stderr
+    # SIGKILL as the first judge starts (after the initial evaluation, before any checkpoint)
+    proc = start(tiny_model, runs, "killed", log, kill_at="judge@0")
+    assert proc.wait(timeout=600) == -signal.SIGKILL
+    stop_group(proc)
 
-    con = duckdb.connect(str(run_dir / "history.duckdb"), read_only=True)
-    try:
-        per_step = dict(con.execute("SELECT step, count(*) FROM outcomes GROUP BY step").fetchall())
-        steps = [r[0] for r in con.execute("SELECT step FROM steps ORDER BY step").fetchall()]
-    finally:
-        con.close()
-    assert per_step == {s: B * N for s in range(STEPS)}  # replayed steps replaced, not duplicated
-    assert steps == [-1, *range(STEPS)]  # the initial evaluation once, then every step once
-    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == STEPS - 1
+    # SIGTERM mid-step: the step finishes, is checkpointed, and the run exits 143
+    proc = start(tiny_model, runs, "killed", log)
+    wait_for(runs / "killed" / "steps" / "000000" / "rollouts.json", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=600) == 143, log.read_text()[-3000:]
+    stop_group(proc)
+    run_dir = runs / "killed"
+    assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["step"] == 0
+    client, mlflow_id = mlflow_run(run_dir)
+    assert client.get_run(mlflow_id).info.status == "KILLED"
 
-    client, run_id = mlflow_run(run_dir)
-    history = client.get_metric_history(run_id, "train/reward_mean")
-    assert sorted({m.step for m in history}) == list(range(STEPS))
-    assert client.get_run(run_id).info.status == "FINISHED"
-    totals = client.get_metric_history(run_id, "cost/rollouts")
-    # cumulative counters come back from the checkpoint: the last value counts each step once
-    assert max(totals, key=lambda m: (m.step, m.timestamp)).value == STEPS * B * N
+    # three SIGKILLs at failpoints, each followed by the same command, which finishes the run
+    landed = run_to_end(
+        tiny_model, runs, "killed", ["checkpoint-write@1", "mlflow-logged@1", "update@2"], log
+    )
+    assert landed == 3
+    text = log.read_text()
+    assert "checkpoint" in text and "is not usable (no manifest" in text  # the half-written one
+    assert text.count("continuing at step 1") == 3  # SIGTERM's checkpoint, then twice more
+
+    result = compare(runs / "reference", run_dir)
+    assert result == {
+        "outcomes_identical": True,
+        "judgments_identical": True,
+        "steps_identical": True,
+        "final_step": 2,
+        "max_weight_gap": 0.0,
+        "mlflow_duplicates": {},
+        "mlflow_missing": {},
+        "mlflow_values_differ": [],
+    }
+    assert client.get_run(mlflow_id).info.status == "FINISHED"
+    # replayed steps served from the stage cache still report what their stages cost
+    judge_steps = [m.step for m in client.get_metric_history(mlflow_id, "time/judge_s")]
+    assert sorted(judge_steps) == [0, 1, 2]
+
+    # the same command once more: a finished run is left as it is
+    proc = start(tiny_model, runs, "killed", log)
+    assert proc.wait(timeout=600) == 0
+    stop_group(proc)
+    assert "already finished all its steps" in log.read_text()
