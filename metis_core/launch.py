@@ -145,6 +145,7 @@ def _start_parts(
     from metis_core.engine.vllm_engine import PolicyEngine
     from metis_core.trainer.policy_trainer import PolicyTrainer
 
+    store = OutcomeStore(run_dir / "history.duckdb")  # first: a locked history fails in seconds
     model_dir = resolve_model(cfg.model.path)
     engine = PolicyEngine(model_dir, cfg.model.dtype, cfg.model.max_model_len, cfg.seed)
     sampler = new_sampler(cfg)
@@ -162,7 +163,7 @@ def _start_parts(
         pool=pool,
         engine=engine,
         trainer=trainer,
-        store=OutcomeStore(run_dir / "history.duckdb"),
+        store=store,
         tracker=tracker,
         sampler=sampler,
         baseline=MovingAverageBaseline(cfg.judge.baseline_momentum),

@@ -5,17 +5,45 @@ Logging is idempotent per (metric, step): a resumed run replays the steps after 
 some of which MLflow may already hold (killed after logging, before the checkpoint), so a metric
 is logged at a step only if MLflow holds nothing for it at that step or later. The first value
 logged for a step stands (a replay computes the same one: runs are reproducible).
+
+An MLflow server that becomes unreachable mid-run does not stop training: metrics wait in memory,
+in order, and go out when it answers again (tried at most once a minute); artifacts and tags of
+the outage are skipped with a warning. Every step's metrics are also in the run's DuckDB `steps`
+table, which stays the record if the process ends before MLflow is back. Errors that are not an
+outage (a bad key, a deleted run) still raise. Unreachable at start, it fails before any model
+loads, naming the URI.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 60.0
+"""After a failed call, how long MLflow is left alone before the next try."""
+_NOT_AN_OUTAGE = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST"}
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server did not answer when the run started."""
+
+
+def _is_outage(error: Exception) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, MlflowException):
+        return error.error_code not in _NOT_AN_OUTAGE
+    return isinstance(error, (OSError, ConnectionError, TimeoutError))
 
 
 def default_tracking_uri(output_dir: str | Path) -> str:
@@ -25,11 +53,27 @@ def default_tracking_uri(output_dir: str | Path) -> str:
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        if tracking_uri.startswith(("http://", "https://")):
+            # MLflow's defaults retry a refused call for minutes; a training step should not wait
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri
-        found = self.client.get_experiment_by_name(experiment)
+        self._pending: list[tuple[dict[str, float], int]] = []
+        """Metrics MLflow could not take yet, oldest first."""
+        self._quiet_until = 0.0
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+        except Exception as err:
+            if not _is_outage(err):
+                raise
+            raise TrackingUnavailable(
+                f"MLflow at {tracking_uri} does not answer ({str(err)[:300]}); start it, or unset "
+                "MLFLOW_TRACKING_URI / tracking_uri to log to a local file"
+            ) from err
         if found is None:
             artifact_root.mkdir(parents=True, exist_ok=True)
             self.experiment_id = self.client.create_experiment(
@@ -72,8 +116,23 @@ class Tracker:
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        import time
+        """Log at `step` (queued while MLflow is unreachable; see the module docstring)."""
+        self._pending.append((dict(metrics), step))
+        self._flush()
 
+    @property
+    def pending_steps(self) -> list[int]:
+        """Steps whose metrics wait for MLflow to answer again."""
+        return sorted({step for _, step in self._pending})
+
+    def _flush(self) -> None:
+        while self._pending and time.monotonic() >= self._quiet_until:
+            metrics, step = self._pending[0]
+            if not self._attempt(f"metrics of step {step}", self._log_now, metrics, step):
+                return
+            self._pending.pop(0)
+
+    def _log_now(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -83,28 +142,62 @@ class Tracker:
             if v is not None and v == v and step > self._logged_through.get(k, step - 1)
         ]
         for i in range(0, len(items), 500):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 500])
-        self._logged_through.update((m.key, step) for m in items)
+            chunk = items[i : i + 500]
+            self.client.log_batch(self.run_id, metrics=chunk)
+            self._logged_through.update((m.key, step) for m in chunk)  # a retry skips them
+
+    def _attempt(self, what: str, call: Callable[..., Any], *args: Any) -> bool:
+        """call(*args), True if it went through; False (with a warning) when MLflow is out."""
+        if time.monotonic() < self._quiet_until:
+            log.warning("MLflow at %s is unreachable: %s skipped", self.tracking_uri, what)
+            return False
+        try:
+            call(*args)
+        except Exception as err:
+            if not _is_outage(err):
+                raise
+            self._quiet_until = time.monotonic() + RETRY_AFTER_S
+            log.warning(
+                "MLflow at %s is unreachable (%s): %s kept for later; training goes on",
+                self.tracking_uri,
+                str(err)[:200],
+                what,
+            )
+            return False
+        return True
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, json.dumps(data, indent=2, default=str), artifact_file)
+        text = json.dumps(data, indent=2, default=str)
+        self._attempt(artifact_file, self.client.log_text, self.run_id, text, artifact_file)
 
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
-        self.client.log_table(self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file)
+        self._attempt(
+            artifact_file,
+            lambda: self.client.log_table(
+                self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file
+            ),
+        )
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / Path(artifact_file).name
             figure.savefig(out, dpi=110, bbox_inches="tight")
-            self.client.log_artifact(
-                self.run_id,
-                str(out),
-                str(Path(artifact_file).parent) if "/" in artifact_file else None,
-            )
+            folder = str(Path(artifact_file).parent) if "/" in artifact_file else None
+            self._attempt(artifact_file, self.client.log_artifact, self.run_id, str(out), folder)
 
     def set_tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, value)
+        self._attempt(f"tag {key}", self.client.set_tag, self.run_id, key, value)
 
     def end(self, status: str = "FINISHED") -> None:
-        if self.run_id is not None:
-            self.client.set_terminated(self.run_id, status=status)
+        if self.run_id is None:
+            return
+        self._quiet_until = 0.0  # one last try
+        self._flush()
+        if self._pending:
+            log.warning(
+                "MLflow at %s never came back: steps %s are not in MLflow (they are in the run's "
+                "history.duckdb, table steps)",
+                self.tracking_uri,
+                self.pending_steps,
+            )
+        self._attempt(f"status {status}", self.client.set_terminated, self.run_id, status)

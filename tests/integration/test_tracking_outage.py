@@ -1,0 +1,85 @@
+"""An MLflow server that goes down mid-run and comes back: training goes on, the metrics of the
+outage reach MLflow when it answers again, once each; unreachable at start, a clear error."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from metis_core.tracking import mlflow_tracker
+from metis_core.tracking.mlflow_tracker import Tracker, TrackingUnavailable
+
+pytestmark = pytest.mark.integration
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(tmp_path, port):
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--default-artifact-root", (tmp_path / "artifacts").as_uri(),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("mlflow server did not start")
+
+
+def stop(proc):
+    import os
+    import signal
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_metrics_of_an_outage_arrive_once_when_mlflow_is_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(mlflow_tracker, "RETRY_AFTER_S", 0.0)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    port = free_port()
+    server = serve(tmp_path, port)
+    try:
+        tracker = Tracker(f"http://127.0.0.1:{port}", "outage", tmp_path / "artifacts")
+        run_id = tracker.start("r")
+        tracker.log_metrics({"loss": 0.0}, 0)
+        stop(server)
+        for step in (1, 2):  # MLflow is down: nothing raises, the metrics wait
+            tracker.log_metrics({"loss": float(step)}, step)
+            tracker.log_table([{"a": 1}], f"samples/step_{step}.json")
+            tracker.set_tag("latest", str(step))
+        assert tracker.pending_steps == [1, 2]
+        server = serve(tmp_path, port)
+        tracker.log_metrics({"loss": 3.0}, 3)
+        assert tracker.pending_steps == []
+        history = tracker.client.get_metric_history(run_id, "loss")
+        assert sorted((m.step, m.value) for m in history) == [(s, float(s)) for s in range(4)]
+        tracker.end("FINISHED")
+        assert tracker.client.get_run(run_id).info.status == "FINISHED"
+    finally:
+        stop(server)
+
+
+def test_an_unreachable_server_at_start_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    port = free_port()
+    with pytest.raises(TrackingUnavailable, match=f"MLflow at http://127.0.0.1:{port} does not"):
+        Tracker(f"http://127.0.0.1:{port}", "outage", tmp_path / "artifacts")
