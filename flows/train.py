@@ -109,13 +109,22 @@ def train(
     overrides: list[str] | None = None,
     resume: str | None = None,
     run_id: str | None = None,
+    max_attempts: int = 5,
 ) -> str:
     """Train a policy with a self-judged curriculum. Returns the run folder.
 
     config_file: YAML config (sparse); overrides: `key=value` strings; resume: a run folder to
     continue from its latest checkpoint; run_id: the run's name under output_dir (an unfinished
-    run of that name continues, a finished one is left as it is).
+    run of that name continues, a finished one is left as it is); max_attempts: how many times
+    one Prefect flow run may be run (retries, crash automations) before it refuses to start.
     """
+    from prefect.runtime import flow_run
+
+    if flow_run.run_count > max_attempts:
+        raise RuntimeError(
+            f"this flow run was started {flow_run.run_count} times (max_attempts={max_attempts}): "
+            "it keeps failing or crashing; read its logs, then resume with `metis train --resume`"
+        )
     run_dir = Path(_prepare(config_file, list(overrides or []), resume, run_id, _flow_run_suffix()))
     if is_finished(run_dir):
         tqdm.write(f"metis: {run_dir.name} already finished all its steps; nothing to do")
