@@ -103,3 +103,19 @@ def test_mlflow_keeps_one_value_per_metric_and_step_across_a_replay(tmp_path):
     assert sorted(history["a"]) == [(0, 1.0), (1, 2.0), (2, 3.0)]
     assert sorted(history["b"]) == [(0, 1.0), (1, 2.0), (2, 3.0)]
     assert resumed.find("mlflow.runName", "r") == run_id
+
+
+def test_a_full_disk_while_saving_leaves_the_previous_checkpoint(tmp_path):
+    import errno
+
+    checkpoints.write(tmp_path, 0, save_with(b"a" * 10))
+
+    def disk_full(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "weights.pt").write_bytes(b"b" * 4)  # what fitted
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        checkpoints.write(tmp_path, 1, disk_full)
+    assert json.loads((tmp_path / "latest.json").read_text())["step"] == 0
+    assert loaded_steps(tmp_path) == [0]
