@@ -1,8 +1,10 @@
 """One Prefect task per stage. They pass run ids, step numbers and file paths, never live objects.
 
 Stages that only read the state at the start of a step (judge, select, rollout, verify) are cached
-under (run, run folder and config, step, stage) with persisted results: after a crash, a resumed
-run restored to the same weights reuses their files instead of paying for the rollouts again.
+under (run, run folder and config, step, stage) with persisted results, kept beside the run
+(`<run_dir>/.prefect-results/`) however it was launched (CLI, deployment, `--resume`): after a
+crash, a resumed run restored to the same weights reuses their files instead of paying for the
+rollouts again.
 Stages that change state (record, update, sync, checkpoint) always run; record replaces the
 step's rows as a whole, so a replay leaves neither duplicates nor stale rows. A cached stage's
 seconds are kept beside its result, so a replayed step still reports what the stage cost.
@@ -11,15 +13,17 @@ Every stage starts with a failpoint (metis_core/failpoints.py) for the kill test
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.filesystems import LocalFileSystem
 
 from metis_core.failpoints import failpoint
 from metis_core.judgment import CalibrationExample
@@ -49,8 +53,28 @@ def _still_there(path: str) -> str:
 CACHED = ("judge", "select", "rollout", "verify")
 
 
-def _cached(stage: str):
-    return task(name=stage, cache_key_fn=_step_cache_key(stage), persist_result=True, retries=0)
+def _cached(stage: str) -> Callable[[Callable[..., str]], Callable[..., str]]:
+    def decorate(fn: Callable[..., str]) -> Callable[..., str]:
+        cached = task(
+            name=stage, cache_key_fn=_step_cache_key(stage), persist_result=True, retries=0
+        )(fn)
+
+        @functools.wraps(fn)
+        def call(run_id: str, step: int, *args: Any) -> str:
+            storage = _result_storage(str(live_run(run_id).run_dir.resolve()))
+            return cached.with_options(result_storage=storage)(run_id, step, *args)
+
+        return call
+
+    return decorate
+
+
+@functools.cache
+def _result_storage(run_dir: str) -> LocalFileSystem:
+    """The run's own result store, saved as a block (Prefect stores only saved blocks' results)."""
+    storage = LocalFileSystem(basepath=str(Path(run_dir) / ".prefect-results"))
+    storage.save(f"metis-results-{hashlib.sha1(run_dir.encode()).hexdigest()[:16]}", overwrite=True)
+    return storage
 
 
 def _always(stage: str):
