@@ -3,8 +3,10 @@
 `METIS_KILL_AT=<point>@<step>` (e.g. `rollout@1`, `checkpoint-write@2`) makes the process SIGKILL
 itself when it reaches that point of that step, as a preemption would. Points: the start of every
 stage (`history`, `judge`, `select`, `rollout`, `verify`, `record`, `update`, `sync`, `evaluate`,
-`audit`, `log`, `checkpoint`), `checkpoint-write` (DeepSpeed's files written, the checkpoint not yet
-complete) and `mlflow-logged` (the step's metrics in MLflow, its checkpoint not yet written).
+`audit`, `log`, `checkpoint`), `record-transaction` (inside the DuckDB transaction that replaces
+the step's rows, after its delete), `checkpoint-write` (DeepSpeed's files written, the checkpoint
+not yet complete) and `mlflow-logged` (the step's metrics in MLflow, its checkpoint not yet
+written).
 Unset, a failpoint costs one dictionary lookup.
 """
 

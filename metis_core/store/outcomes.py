@@ -30,6 +30,7 @@ import duckdb
 import pandas as pd
 
 from metis_core.algorithms import ZERO_VARIANCE_TOL
+from metis_core.failpoints import failpoint
 
 # Population variance with float rounding snapped to 0, as algorithms.realised_variance does.
 _VARIANCE = f"(CASE WHEN var_pop({{x}}) <= {ZERO_VARIANCE_TOL} THEN 0.0 ELSE var_pop({{x}}) END)"
@@ -162,6 +163,7 @@ class OutcomeStore:
             con.begin()
             for table, frame in frames.items():
                 con.execute(f"DELETE FROM {table} WHERE run_id = ? AND step = ?", [run_id, step])
+                failpoint("record-transaction", step)  # a kill here must roll the delete back
                 con.register(f"incoming_{table}", frame)
                 cols = ", ".join(_COLUMNS[table])
                 con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming_{table}")

@@ -1,9 +1,11 @@
-"""A run interrupted five times (SIGKILL at the start of its first judge, SIGTERM mid-step, SIGKILL
-while writing a checkpoint, after logging to MLflow and in the update) and continued each time by
-rerunning its command ends identical to a run never interrupted: same outcome rows and judgments,
-same weights, one MLflow value per metric per step, equal to the unkilled run's."""
+"""A run interrupted at chosen and random instants (SIGKILL at its first judge, while writing a
+checkpoint, after logging to MLflow, in a rollout, inside the DuckDB transaction of `record`, in
+the update, and 3-40 s into its last attempt; SIGTERM mid-step), continued each time by
+rerunning its command, ends identical to a run never interrupted: same outcome rows and
+judgments, same weights, one MLflow value per metric per step, equal to the unkilled run's."""
 
 import json
+import random
 import signal
 import time
 
@@ -44,14 +46,18 @@ def test_interrupted_run_equals_an_uninterrupted_one(tiny_model, tmp_path):
     client, mlflow_id = mlflow_run(run_dir)
     assert client.get_run(mlflow_id).info.status == "KILLED"
 
-    # three SIGKILLs at failpoints, each followed by the same command, which finishes the run
+    # SIGKILLs at failpoints, each attempt the same command as before; the last one finishes
     proc = start(tiny_model, runs, "killed", log, kill_at="checkpoint-write@1")
     assert proc.wait(timeout=600) == -signal.SIGKILL
     stop_group(proc)
     rollouts = run_dir / "steps" / "000001" / "rollouts.json"
     first_try = rollouts.stat().st_mtime_ns
-    landed = run_to_end(tiny_model, runs, "killed", ["mlflow-logged@1", "update@2"], log)
-    assert landed == 2
+    # then a kill at a random instant of the last attempt's start-up or step (printed, to replay it)
+    delay = round(random.uniform(3, 40), 1)
+    print(f"random kill after {delay} s")
+    later = ["mlflow-logged@1", "rollout@2", "record-transaction@2", "update@2", delay]
+    landed = run_to_end(tiny_model, runs, "killed", later, log)
+    assert landed >= 4  # the failpoints; the random kill may come after the run finished
     # step 1 was replayed twice more, its rollouts served from the stage cache beside the run
     assert rollouts.stat().st_mtime_ns == first_try
     assert list((run_dir / ".prefect-results").glob("*-step000001-rollout"))
