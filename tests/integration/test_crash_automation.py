@@ -55,6 +55,16 @@ def flow_run_processes(group: int) -> list[int]:
     return found
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group, SIGKILL it if it is still there 20 s later."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
 DEPLOY = """
 import sys
 from prefect import flow
@@ -121,8 +131,7 @@ def test_a_crashed_deployment_run_resumes_by_itself(tiny_model, tmp_path):
     finally:
         for proc in (worker, server):
             if proc is not None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=60)
+                stop(proc)
 
     (run_dir,) = [p for p in out.iterdir() if (p / "run.json").is_file()]
     assert "continuing at step 1" in (tmp_path / "worker.log").read_text()
