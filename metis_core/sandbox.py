@@ -1,8 +1,11 @@
 """Run model-written Python programs and their tests in a sandbox (stdlib only).
 
-`run_tests(program, tests)` execs `program` once, then each test snippet, in one fresh namespace
-(`__name__ == "__sandbox__"`: `if __name__ == "__main__":` blocks do not run). `isolation()`
-names what this machine gives. Layers:
+`run_tests(program, tests, entry_point=name)` (graded mode, what `code_tests` uses) runs the
+program in the sandbox and the tests in a separate trusted grader process that calls the
+program's functions across a pipe and gets plain values back (`metis_core.grading`). Without
+`entry_point` (trusted programs only) the program, then each test snippet, is exec'd in one
+fresh namespace in the sandbox. Either way `__name__ == "__sandbox__"` (`if __name__ ==
+"__main__":` blocks do not run). `isolation()` names what this machine gives. Layers:
 1. Always: a child process (`Popen(start_new_session=True)`, no `preexec_fn` as the host is
    multi-threaded; the child's launcher script does all setup): `python -s -S -B -P` (= `-I -S
    -B` minus `-E`, which would drop PYTHONHASHSEED=0), an environment built from scratch (PATH,
@@ -26,11 +29,16 @@ system/subprocess, importing `_posixsubprocess`/`ctypes`), writes, deletes, rena
 mkdir outside the workdir, links, other pids' /proc entries and signals. An audit hook is much
 weaker than namespaces: Python-level, lexical path checks, bypassable by determined code.
 
-Protocol: the parent sends program, tests and a random nonce as JSON on stdin; a forked worker
-writes `<nonce> <index> ok|fail <error>` right after each test (verdicts survive a later hang or
-kill; printed fakes cannot guess the nonce), its supervisor reports its exit status and CPU time.
-Grading shares the user's process, so code that introspects the launcher (frames, gc) or returns
-objects whose `__eq__` is always true can still cheat: have tests check types too.
+Protocol: the parent sends the launcher's config (program, a random nonce; tests or an entry
+point) as JSON on stdin. The supervisor reports the worker's exit status and CPU time on stdout in
+`<nonce> ...` lines; without an entry point a forked worker writes `<nonce> <index> ok|fail
+<error>` after each test there. Guaranteed in graded mode: the sandboxed process never receives
+the tests or expected values, and no code in it decides a verdict (its replies are claims of
+return values, decoded into fresh builtin objects). Not guaranteed: the candidate can still
+read whatever is readable in its mount namespace (the interpreter, the repository, read-only),
+spend its limits, and in the rlimits fallback reach other processes as far as the audit hook
+and uid allow (as non-root the grader runs under the same uid). There are no cgroup limits
+(memory is RLIMIT_AS, per process). In shared-namespace mode the program can forge verdicts.
 """
 
 import contextlib
@@ -123,6 +131,7 @@ def main():
         how = "signal %d" % os.WTERMSIG(status) if os.WIFSIGNALED(status) else "code %d" % os.WEXITSTATUS(status)
         report("exit", how, "%.3f" % (ru.ru_utime + ru.ru_stime)); os._exit(0)
     if not ns: sys.addaudithook(make_hook(work, os.getpid()))
+    if "entry" in cfg: serve(cfg, report)  # defined by metis_core.grading's addition
     worker(cfg["program"], cfg["tests"], report)
 def confine(libc, check, work):
     keep = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
@@ -206,7 +215,6 @@ def worker(program, tests, report):
         if isinstance(e, SystemExit):
             report("stop", "test %d called sys.exit(%r)" % (i, e.code)); _exit(0)
     flush(); report("done"); _exit(0)
-main()
 """
 
 
@@ -267,68 +275,112 @@ def _collect(proc: subprocess.Popen[bytes], deadline: float, cap: int) -> tuple[
     return bytes(buf), why
 
 
-def run_tests(
-    program: str,
-    tests: Sequence[str],
-    limits: SandboxLimits = SandboxLimits(),  # noqa: B008 (frozen, immutable)
-    *,
-    mode: str | None = None,
-) -> TestsResult:
-    """Exec `program`, then each test (a snippet such as "assert f(2) == 4") in the same namespace,
-    each in its own try/except. `mode` (else env METIS_SANDBOX) forces "namespaces", "userns" or
-    "rlimits"; the default "auto" takes the strongest that works here (see the module docstring).
-    """
-    mode, tests, nonce, uid = _resolve(mode), list(tests), secrets.token_hex(16), None
+def _start(
+    mode: str,
+    limits: SandboxLimits,
+    extra: dict[str, object],
+    pass_fds: tuple[int, ...] = (),
+    script: str = "",
+) -> tuple[subprocess.Popen[bytes], str, dict[str, object]]:
+    """Start the sandboxed launcher (+ `script`, defining more of its functions) in a fresh workdir.
+
+    Returns the process, the workdir (the caller removes it with `_cleanup`) and the launcher's
+    config, which the caller sends as JSON on the child's stdin (`_feed`)."""
+    nonce, uid = secrets.token_hex(16), None
     work = os.path.realpath(tempfile.mkdtemp(prefix="metis-sandbox-"))
     if os.geteuid() == 0 and mode != _USERNS:
         uid = 1_500_000_000 + secrets.randbelow(1 << 24)
         os.chown(work, uid, uid)
-    cmd = [sys.executable, "-s", "-S", "-B", "-P", "-c", _LAUNCHER]
+    cmd = [sys.executable, "-s", "-S", "-B", "-P", "-c", _LAUNCHER + script + "main()\n"]
     if mode != _FALLBACK:
         user = ["--user", "--map-root-user"] if mode == _USERNS else []
         cmd = ["unshare", *user, *_UNSHARE, "--", *cmd]
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work, "TMPDIR": work,
            "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8"}  # fmt: skip
     lim = [math.ceil(limits.cpu_seconds), limits.memory_bytes, limits.file_bytes, limits.processes]
-    payload = {"nonce": nonce, "work": work, "mode": mode, "uid": uid, "limits": lim,
-               "program": program, "tests": tests}  # fmt: skip
+    cfg = {"nonce": nonce, "work": work, "mode": mode, "uid": uid, "limits": lim, **extra}
     try:
-        start, pipe = time.monotonic(), subprocess.PIPE
-        proc = subprocess.Popen(cmd, stdin=pipe, stdout=pipe, stderr=subprocess.STDOUT, cwd=work,
-                                env=env, start_new_session=True)  # fmt: skip
-        data = json.dumps(payload).encode()
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                cwd=work, env=env, start_new_session=True, pass_fds=pass_fds)  # fmt: skip
+    except BaseException:
+        _cleanup(work)
+        raise
+    return proc, work, cfg
+
+
+def run_tests(
+    program: str,
+    tests: Sequence[str],
+    limits: SandboxLimits = SandboxLimits(),  # noqa: B008 (frozen, immutable)
+    *,
+    mode: str | None = None,
+    entry_point: str | None = None,
+) -> TestsResult:
+    """Run each test (a snippet such as "assert f(2) == 4") against `program`, each in its own
+    try/except. With `entry_point` the tests run in a trusted grader process and call the
+    program's functions across a pipe (`metis_core.grading`); without it (trusted snippets only)
+    program and tests share one sandboxed namespace. `mode` (else env METIS_SANDBOX) forces
+    "namespaces", "userns" or "rlimits"; the default "auto" takes the strongest that works here
+    (see the module docstring).
+    """
+    mode, tests = _resolve(mode), list(tests)
+    if entry_point is not None:
+        from metis_core.grading import run_graded
+
+        return run_graded(program, tests, entry_point, limits, mode)
+    start = time.monotonic()
+    proc, work, cfg = _start(mode, limits, {"program": program, "tests": tests})
+    try:
+        data = json.dumps(cfg).encode()
         threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True).start()
         cap = limits.output_bytes + 512 * (len(tests) + 8)  # room for the protocol lines
         raw, why = _collect(proc, start + limits.wall_seconds, cap)
     finally:
         _cleanup(work)
-    return _verdict(raw, why, nonce, len(tests), limits, proc.returncode)
+    return _verdict(raw, why, str(cfg["nonce"]), len(tests), limits, proc.returncode)
+
+
+def _split(raw: bytes, nonce: str) -> tuple[list[tuple[str, str]], bytes]:
+    """The launcher's protocol lines (head, rest) and the user's output around them."""
+    tag, pos, user, lines = f"\n{nonce} ".encode(), 0, bytearray(), []
+    while (k := raw.find(tag, pos)) != -1:
+        end = raw.find(b"\n", k + len(tag))
+        end = len(raw) if end == -1 else end
+        user += raw[pos:k]
+        head, _, rest = raw[k + len(tag) : end].decode("ascii", "replace").partition(" ")
+        lines.append((head, rest))
+        pos = end + 1
+    return lines, bytes(user + raw[pos:])
+
+
+def _ended(events: dict[str, str], limits: SandboxLimits) -> str | None:
+    """Why the sandboxed worker died (CPU limit, a signal, an early exit), from its supervisor."""
+    status, _, cpu = events.get("exit", "").rpartition(" ")
+    if status == f"signal {signal.SIGXCPU}" or (
+        status == f"signal {signal.SIGKILL}" and float(cpu or 0) >= limits.cpu_seconds
+    ):
+        return f"killed: CPU time limit ({limits.cpu_seconds} s)"
+    if status.startswith("signal "):
+        return f"killed by {signal.Signals(int(status.split()[1])).name}"
+    return f"program exited ({status}) before the tests finished" if status else None
 
 
 def _verdict(
     raw: bytes, why: str | None, nonce: str, n: int, limits: SandboxLimits, returncode: int
 ) -> TestsResult:
     """Split protocol lines from user output and decide the verdicts and the reason."""
-    tag, pos, user = f"\n{nonce} ".encode(), 0, bytearray()
     verdicts: dict[int, tuple[bool, str]] = {}
     events: dict[str, str] = {}
-    while (k := raw.find(tag, pos)) != -1:
-        end = raw.find(b"\n", k + len(tag))
-        end = len(raw) if end == -1 else end
-        user += raw[pos:k]
-        head, _, rest = raw[k + len(tag) : end].decode("ascii", "replace").partition(" ")
+    lines, user = _split(raw, nonce)
+    for head, rest in lines:
         if head.isdigit() and int(head) < n:
             ok, _, error = rest.partition(" ")
             verdicts.setdefault(int(head), (ok == "ok", error))
         else:
             events.setdefault(head, rest)
-        pos = end + 1
-    user += raw[pos:]
     passed = [verdicts.get(i, (False, ""))[0] for i in range(n)]
     stdout = user[: limits.output_bytes].decode("utf-8", "replace")
     failed = [f"test {i} failed: {e}" for i, (ok, e) in sorted(verdicts.items()) if not ok]
-    status, _, cpu = events.get("exit", "").rpartition(" ")
-    cpu_killed = status == f"signal {signal.SIGKILL}" and float(cpu) >= limits.cpu_seconds
     if why == "wall":
         reason = f"timed out after {limits.wall_seconds} s (wall)"
     elif why == "output" or len(user) > limits.output_bytes:
@@ -337,12 +389,7 @@ def _verdict(
         reason = events["stop"]
     elif "done" in events:
         reason = failed[0] if failed else None
-    elif status == f"signal {signal.SIGXCPU}" or cpu_killed:
-        reason = f"killed: CPU time limit ({limits.cpu_seconds} s)"
-    elif status.startswith("signal "):
-        reason = f"killed by {signal.Signals(int(status.split()[1])).name}"
-    elif status:
-        reason = f"program exited ({status}) before the tests finished"
     else:
-        reason = f"sandbox failed (status {returncode}): {' '.join(stdout.split()[-30:])}"
+        tail = " ".join(stdout.split()[-30:])
+        reason = _ended(events, limits) or f"sandbox failed (status {returncode}): {tail}"
     return TestsResult(passed=passed, reason=reason, stdout=stdout)

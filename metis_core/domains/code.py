@@ -11,10 +11,18 @@ then at HumanEval's stop sequences "\\nclass", "\\ndef", "\\nif", "\\nprint", "\
 "\\nassert"): a line at column 0 ends the body (it is usually the model's demo code), so, as in
 HumanEval, a helper function written *after* the body at column 0 is cut; a nested one is kept.
 Rows without a header (files may omit it) test the completion's first fenced block, or all of it.
+Then only imports and top-level `def`s are kept (`only_definitions`): assignments, calls, classes
+and other top-level code are dropped, so a column-0 line the stop sequences miss never runs.
+All defs are kept, not only the entry point: HumanEval headers define helpers (poly, encode_*)
+that the entry point and the tests call, and a headerless answer may define its own helpers.
+Decorators and default values of kept defs still run in the candidate's process; harmless for
+grading, which happens in another process (`metis_core.grading`).
 
-answer = JSON {"entry_point", "tests"}: statements run one by one after the program, in its
-namespace (`metis_core.sandbox.run_tests`). Reward `code_tests`: continuous = the fraction of tests
-passed, discrete = 1 only when all pass.
+answer = JSON {"entry_point", "tests"}: statements run one by one in a trusted grader process
+where the entry point (and every other top-level def) is a proxy calling the program's function
+in the sandbox (`metis_core.sandbox.run_tests(..., entry_point=)`); a row without an entry point
+runs tests and program in one sandboxed namespace (trusted programs only). Reward `code_tests`:
+continuous = the fraction of tests passed, discrete = 1 only when all pass.
 """
 
 from __future__ import annotations
@@ -56,11 +64,41 @@ def extract_program(header: str, completion: str) -> str:
             opening = re.search(r"```[^\n]*\n?", completion)
         code = completion[opening.end() :] if opening else completion
         code = code.split("```", 1)[0]
-        return code.split("\nif __name__", 1)[0].rstrip() + "\n"
+        return only_definitions(code.split("\nif __name__", 1)[0].rstrip() + "\n")
     body = completion.split("```", 1)[0]
     body = body if body.startswith("\n") else "\n" + body  # the prefill ends on the docstring
     cut = min((i for s in STOP_SEQUENCES if (i := body.find(s)) >= 0), default=len(body))
-    return header.rstrip() + body[:cut].rstrip() + "\n"
+    return only_definitions(header.rstrip() + body[:cut].rstrip() + "\n")
+
+
+def only_definitions(program: str) -> str:
+    """`program` without its top-level statements other than imports and `def`s (module docs).
+
+    Kept statements keep their text; one that shares a line with a dropped one is re-rendered
+    with `ast.unparse`. A program that does not parse is returned unchanged (it fails later).
+    """
+    try:
+        tree = ast.parse(program)
+    except (SyntaxError, ValueError):
+        return program
+    keep = (ast.Import, ast.ImportFrom, ast.FunctionDef)
+    if all(isinstance(node, keep) for node in tree.body):
+        return program
+
+    def span(node: ast.stmt) -> range:
+        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        return range(first, (node.end_lineno or node.lineno) + 1)
+
+    lines = program.splitlines(keepends=True)
+    dropped = {n for node in tree.body if not isinstance(node, keep) for n in span(node)}
+    parts = []
+    for node in tree.body:
+        if isinstance(node, keep):
+            lines_of = span(node)
+            shared = any(n in dropped for n in lines_of)
+            text = ast.unparse(node) + "\n" if shared else "".join(lines[n - 1] for n in lines_of)
+            parts.append(text)
+    return "".join(parts)
 
 
 def _row(
@@ -311,18 +349,21 @@ def code_tests_reward(
     """Fraction of the hidden tests passed (continuous) or 1/0 for all passed (discrete).
 
     A completion that does not parse, crashes, hangs or escapes scores 0; a row without tests is
-    not applicable (None). Completions run two at a time, each in its own sandbox process.
+    not applicable (None). Completions run two at a time, each in its own sandbox process (and
+    grader process when the row names an entry point).
     """
     from metis_core.sandbox import run_tests
 
-    tests = list(json.loads(answer)["tests"])
+    answer_of = json.loads(answer)
+    tests, entry = list(answer_of["tests"]), str(answer_of.get("entry_point") or "") or None
     header = str(json.loads(metadata or "{}").get("header") or "")
     if not tests:
         return [None] * len(completions)
 
     def score(completion: str) -> float:
         try:
-            passed = run_tests(extract_program(header, str(completion)), tests).passed
+            program = extract_program(header, str(completion))
+            passed = run_tests(program, tests, entry_point=entry).passed
         except Exception as err:  # the sandbox should report, not raise; never fail the batch
             log.warning("code_tests: sandbox raised %s: %s", type(err).__name__, err)
             return 0.0

@@ -202,6 +202,36 @@ def test_extract_program_without_a_header_takes_the_code_block(completion):
     assert extract_program("", completion) == "def f(x):\n    return x + 1\n"
 
 
+@pytest.mark.parametrize(
+    ("header", "completion", "program"),
+    [  # only imports and defs survive: other top-level code never runs
+        (
+            HEADER,
+            "    return x + 1\nx = 5\nimport os\nos.system('x')",
+            HEADER + "    return x + 1\nimport os\n",
+        ),
+        (
+            HEADER,
+            "    return x + 1\nimport os; os.system('x')",
+            HEADER + "    return x + 1\nimport os\n",
+        ),
+        (
+            HEADER,
+            "    return x + 1\n__import__('builtins').exec = print",
+            HEADER + "    return x + 1\n",
+        ),
+        (
+            "",
+            "G = 3\ndef g(y):\n    return y\nclass A:\n    pass\n@staticmethod\ndef f(x):\n    return g(x)\nprint(f(1))",
+            "def g(y):\n    return y\n@staticmethod\ndef f(x):\n    return g(x)\n",
+        ),
+        (HEADER, "    return (\nx = 1", HEADER + "    return (\nx = 1\n"),  # no parse: unchanged
+    ],
+)
+def test_extract_program_keeps_only_imports_and_defs(header, completion, program):
+    assert extract_program(header, completion) == program
+
+
 # ---------------------------------------------------------------- HumanEval
 
 
