@@ -240,9 +240,14 @@ def isolation() -> str:
 
 
 def _cleanup(path: str) -> None:
+    """Remove a workdir whatever is in it (`chmod 000`, trees too deep for the recursive rmtree)."""
     if os.geteuid() != 0:  # undo any `chmod 000` left by the program (root ignores modes)
         subprocess.run(["chmod", "-R", "u+rwX", path], capture_output=True)
-    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["rm", "-rf", "--", path], capture_output=True, timeout=120)
+    if os.path.lexists(path):
+        with contextlib.suppress(RecursionError):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _feed(stdin: IO[bytes], payload: bytes) -> None:

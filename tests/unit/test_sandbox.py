@@ -422,3 +422,16 @@ def test_graded_program_never_sees_the_tests(mode: str) -> None:
     # control: with the tests in the program's process (no entry point) the probe finds them
     shared = run_tests(program, tests, SandboxLimits(wall_seconds=10), mode=mode)
     assert shared.passed == [True] and shared.stdout.startswith("seen [1")
+
+
+def test_a_workdir_too_deep_for_rmtree_is_removed(mode: str) -> None:
+    program = (
+        "import os\n"
+        "for _ in range(1500):\n"
+        "    os.mkdir('d'); os.chdir('d')\n"
+        "open('leaf', 'w').close()\n"
+        "os.chdir('/')\n"
+    )
+    r = _run(program + "print(os.environ['HOME'])\n", ["assert True"], mode)
+    assert r.passed == [True], r.reason
+    assert not os.path.exists(r.stdout.strip())  # Python's rmtree raised RecursionError here
