@@ -30,6 +30,8 @@ import time
 from typing import IO
 
 from metis_core import sandbox as sb
+from metis_core.sandbox_verdict import ended as worker_ended
+from metis_core.sandbox_verdict import split_lines
 
 __all__ = ["SAFE_IMPORTS", "program_names", "run_graded"]
 
@@ -243,9 +245,10 @@ def run_graded(
     grader: subprocess.Popen[bytes] | None = None
     reader: threading.Thread | None = None
     work, nonce, raw, why, verdict_bytes = None, "", b"", None, bytearray()
+    tree: sb.TreeLimits | None = None
     try:
         extra = {"program": program, "entry": entry_point, "req": req_r, "resp": resp_w}
-        proc, work, cfg = sb._start(mode, limits, extra, (req_r, resp_w), _SERVE)
+        proc, work, cfg, tree = sb._start(mode, limits, extra, (req_r, resp_w), _SERVE)
         nonce = str(cfg["nonce"])
         data = json.dumps(cfg).encode()
         threading.Thread(target=sb._feed, args=(proc.stdin, data), daemon=True).start()
@@ -265,7 +268,9 @@ def run_graded(
         assert grader.stdout is not None
         reader = threading.Thread(target=_read, args=(grader.stdout, verdict_bytes), daemon=True)
         reader.start()
-        raw, why = sb._collect(proc, deadline, limits.output_bytes + 4096)
+        raw, why = sb._collect(
+            proc, deadline, limits.output_bytes + 4096, tree, limits.cpu_seconds + 1
+        )
         reader.join(max(0.0, deadline - time.monotonic()))
         if reader.is_alive() and why is None:
             why = "wall"  # a test hung in the grader
@@ -280,7 +285,7 @@ def run_graded(
         if reader is not None:
             reader.join(1.0)
         if work is not None:
-            sb._cleanup(work)
+            sb._cleanup(work, tree)
     return _decide(raw, why, nonce, bytes(verdict_bytes), len(tests), limits)
 
 
@@ -288,7 +293,7 @@ def _decide(
     raw: bytes, why: str | None, nonce: str, grader: bytes, n: int, limits: sb.SandboxLimits
 ) -> sb.TestsResult:
     """Verdicts from the grader's lines; the reason also from the candidate's launcher events."""
-    lines, user = sb._split(raw, nonce)
+    lines, user = split_lines(raw, nonce)
     events: dict[str, str] = {}
     for head, rest in lines:
         events.setdefault(head, rest)
@@ -303,9 +308,11 @@ def _decide(
     passed = [verdicts.get(i, (False, ""))[0] for i in range(n)]
     stdout = user[: limits.output_bytes].decode("utf-8", "replace")
     failed = [f"test {i} failed: {e}" for i, (ok, e) in sorted(verdicts.items()) if not ok]
-    ended = sb._ended(events, limits) if "done" not in events else None
+    ended = worker_ended(events, limits) if "done" not in events else None
     if why == "wall":
         reason: str | None = f"timed out after {limits.wall_seconds} s (wall)"
+    elif why == "cpu":
+        reason = f"killed: CPU time limit of the process tree ({limits.cpu_seconds} s)"
     elif why == "output" or len(user) > limits.output_bytes:
         reason = f"output limit exceeded (more than {limits.output_bytes} bytes)"
     elif "stop" in events:  # setup failure, program failure, sys.exit, no entry point

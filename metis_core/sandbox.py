@@ -1,44 +1,36 @@
 """Run model-written Python programs and their tests in a sandbox (stdlib only).
 
 `run_tests(program, tests, entry_point=name)` (graded mode, what `code_tests` uses) runs the
-program in the sandbox and the tests in a separate trusted grader process that calls the
-program's functions across a pipe and gets plain values back (`metis_core.grading`). Without
-`entry_point` (trusted programs only) the program, then each test snippet, is exec'd in one
-fresh namespace in the sandbox. Either way `__name__ == "__sandbox__"` (`if __name__ ==
-"__main__":` blocks do not run). `isolation()` names what this machine gives. Layers:
-1. Always: a child process (`Popen(start_new_session=True)`, no `preexec_fn` as the host is
-   multi-threaded; the child's launcher script does all setup): `python -s -S -B -P` (= `-I -S
-   -B` minus `-E`, which would drop PYTHONHASHSEED=0), an environment built from scratch (PATH,
-   LANG=C.UTF-8, HOME=TMPDIR=workdir) and a fresh temp workdir, removed afterwards. The launcher
-   sets RLIMIT_CPU (SIGXCPU, SIGKILL 1 s later), _AS, _FSIZE, _NPROC, _CORE=0, _NOFILE=64 and
-   PR_SET_NO_NEW_PRIVS; as real root it also clears the capability bounding set and switches to a
-   random uid >= 1.5e9 (not 65534: its system-wide RLIMIT_NPROC count would make concurrent
-   sandboxes fail each other's forks), after pre-importing common stdlib modules (the interpreter
-   may sit under a 0700 /root). User code then runs in that process. The parent enforces the wall
-   clock (SIGKILL to the process group) and reads stdout+stderr, killing past `output_bytes`.
-2. Where `unshare` works (probed once, cached): `unshare --net --mount --pid --ipc --uts --fork
-   --kill-child --mount-proc` (plus `--user --map-root-user` when not root: "namespaces+userns").
-   The launcher makes mounts private, bind-mounts the workdir on itself (nosuid, nodev), remounts
-   every other mount read-only (MS_REMOUNT|MS_BIND|MS_RDONLY over /proc/self/mountinfo, checked
-   with statvfs), then drops privileges (uid switch as real root, else all capabilities). No
-   network interface is up, host processes (and their /proc/<pid>/environ) are invisible, and
+program here and the tests in a trusted grader process that calls its functions across a pipe
+(`metis_core.grading`); without `entry_point` (trusted programs only) program and tests share one
+sandboxed namespace. `__name__ == "__sandbox__"`. `isolation()` names what this machine gives.
+1. Always: a child process whose launcher (no `preexec_fn`: the host is multi-threaded) runs
+   `python -s -S -B -P` with an environment built from scratch (HOME=TMPDIR=a fresh workdir,
+   removed afterwards), sets RLIMIT_CPU, _AS, _FSIZE, _NPROC, _CORE=0, _NOFILE=64 and
+   PR_SET_NO_NEW_PRIVS; as real root it clears the capability bounding set and switches to a
+   random uid >= 1.5e9 (65534's system-wide RLIMIT_NPROC count would make concurrent sandboxes
+   fail each other's forks). The parent enforces the wall clock and the output cap. Where a
+   cgroup hierarchy is writable (`metis_core.sandbox_cgroup`) the whole tree also gets a cgroup:
+   memory (`tree_memory_bytes`) and task count bounded together, CPU time summed over the tree
+   (killed past cpu_seconds + 1), and a final kill that reaches setsid()ed processes.
+2. Where `unshare` works (probed once): `unshare --net --mount --pid --ipc --uts --fork
+   --kill-child --mount-proc` (+ `--user --map-root-user` when not root: "namespaces+userns").
+   The launcher bind-mounts the workdir on itself (nosuid, nodev), remounts every other mount
+   read-only (checked with statvfs) and drops privileges. No network, host processes invisible,
    the PID namespace dies with the sandbox.
-Fallback "rlimits+audit-hook" (no working unshare; force with METIS_SANDBOX=rlimits or `mode=`):
-layer 1 plus a `sys.addaudithook` hook refusing sockets, process creation (fork/exec/spawn/
-system/subprocess, importing `_posixsubprocess`/`ctypes`), writes, deletes, renames, chmod and
-mkdir outside the workdir, links, other pids' /proc entries and signals. An audit hook is much
-weaker than namespaces: Python-level, lexical path checks, bypassable by determined code.
+Fallback "rlimits+audit-hook" (no working unshare; METIS_SANDBOX=rlimits or `mode=`): layer 1
+plus a `sys.addaudithook` hook refusing sockets, process creation, `_posixsubprocess`/`ctypes`,
+writes, deletes, renames, chmod and mkdir outside the workdir, links, other pids' /proc entries
+and signals: Python-level, lexical path checks, much weaker than namespaces.
 
 Protocol: the parent sends the launcher's config (program, a random nonce; tests or an entry
-point) as JSON on stdin. The supervisor reports the worker's exit status and CPU time on stdout in
-`<nonce> ...` lines; without an entry point a forked worker writes `<nonce> <index> ok|fail
-<error>` after each test there. Guaranteed in graded mode: the sandboxed process never receives
-the tests or expected values, and no code in it decides a verdict (its replies are claims of
-return values, decoded into fresh builtin objects). Not guaranteed: the candidate can still
-read whatever is readable in its mount namespace (the interpreter, the repository, read-only),
-spend its limits, and in the rlimits fallback reach other processes as far as the audit hook
-and uid allow (as non-root the grader runs under the same uid). There are no cgroup limits
-(memory is RLIMIT_AS, per process). In shared-namespace mode the program can forge verdicts.
+point) as JSON on stdin; `<nonce> ...` lines report the worker's exit and CPU time (and, without
+an entry point, each test's verdict). Guaranteed in graded mode: the sandboxed process never
+receives the tests or expected values and decides no verdict. Not guaranteed: it can read what
+is readable in its mount namespace (the interpreter, the repository, read-only), and in the
+rlimits fallback reach other processes as far as the audit hook and uid allow. Without a
+writable cgroup, memory and task limits are per process. In shared-namespace mode the program
+can forge verdicts.
 """
 
 import contextlib
@@ -56,35 +48,16 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import IO
+
+from metis_core.sandbox_cgroup import TreeLimits
+from metis_core.sandbox_verdict import SandboxLimits, TestsResult, verdict
 
 __all__ = ["SandboxLimits", "TestsResult", "isolation", "run_tests"]
 
 _NS, _USERNS, _FALLBACK = "namespaces", "namespaces+userns", "rlimits+audit-hook"
 _UNSHARE = ("--net", "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc")
 _MODES = {_NS: _NS, "userns": _USERNS, _USERNS: _USERNS, "rlimits": _FALLBACK, _FALLBACK: _FALLBACK}
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    """Resource limits for one sandboxed run."""
-
-    cpu_seconds: float = 5.0  # RLIMIT_CPU
-    wall_seconds: float = 10.0  # the whole process group / PID namespace is killed after this
-    memory_bytes: int = 512 * 2**20  # RLIMIT_AS
-    file_bytes: int = 4 * 2**20  # RLIMIT_FSIZE
-    processes: int = 16  # RLIMIT_NPROC
-    output_bytes: int = 64 * 1024  # stdout+stderr kept; more than this -> killed
-
-
-@dataclass(frozen=True)
-class TestsResult:
-    """Outcome of `run_tests`."""
-
-    passed: list[bool]  # one per test, in order; tests never reached count as failed
-    reason: str | None  # None when all ran and passed; else why it stopped, or the first failure
-    stdout: str  # user output (stdout+stderr), truncated to output_bytes
 
 
 _LAUNCHER = r"""# metis-sandbox-launcher
@@ -95,6 +68,7 @@ PRELOAD = ("math cmath re itertools functools collections collections.abc string
     "secrets types warnings weakref ast inspect socket encodings.idna tempfile pathlib shutil glob fnmatch csv").split()
 def main():
     cfg = json.loads(sys.stdin.buffer.read())
+    for path in cfg.get("cgroups", ()): open(path, "w").write("0")  # join the tree's cgroup first
     fd = os.open("/dev/null", os.O_RDONLY); os.dup2(fd, 0); os.close(fd)
     nonce, work, mode, uid, lim = cfg["nonce"], cfg["work"], cfg["mode"], cfg["uid"], cfg["limits"]
     out, write, ns = os.dup(1), os.write, mode != "rlimits+audit-hook"
@@ -239,8 +213,11 @@ def isolation() -> str:
     return _resolve(None)
 
 
-def _cleanup(path: str) -> None:
-    """Remove a workdir whatever is in it (`chmod 000`, trees too deep for the recursive rmtree)."""
+def _cleanup(path: str, tree: TreeLimits | None = None) -> None:
+    """Kill whatever is left in the tree's cgroup, then remove the workdir whatever is in it
+    (`chmod 000`, trees too deep for the recursive rmtree)."""
+    if tree is not None:
+        tree.close()
     if os.geteuid() != 0:  # undo any `chmod 000` left by the program (root ignores modes)
         subprocess.run(["chmod", "-R", "u+rwX", path], capture_output=True)
     with contextlib.suppress(OSError, subprocess.SubprocessError):
@@ -255,13 +232,19 @@ def _feed(stdin: IO[bytes], payload: bytes) -> None:
         stdin.write(payload)
 
 
-def _collect(proc: subprocess.Popen[bytes], deadline: float, cap: int) -> tuple[bytes, str | None]:
-    """Read the child's output until EOF, the deadline or `cap` bytes; always kills the group."""
+def _collect(
+    proc: subprocess.Popen[bytes], deadline: float, cap: int, tree: TreeLimits | None, cpu: float
+) -> tuple[bytes, str | None]:
+    """Read the child's output until EOF, the deadline, `cap` bytes or `cpu` seconds used by the
+    whole tree (where it has a cgroup); always kills the group."""
     assert proc.stdout is not None
     fd, buf, why = proc.stdout.fileno(), bytearray(), None
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
         while (left := deadline - time.monotonic()) > 0:
+            if tree is not None and tree.cpu_seconds() > cpu:
+                why = "cpu"
+                break
             if not sel.select(min(left, 0.2)):
                 if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
                     break  # quiet pipe and the leader has exited: stragglers are killed below
@@ -286,11 +269,12 @@ def _start(
     extra: dict[str, object],
     pass_fds: tuple[int, ...] = (),
     script: str = "",
-) -> tuple[subprocess.Popen[bytes], str, dict[str, object]]:
+) -> tuple[subprocess.Popen[bytes], str, dict[str, object], TreeLimits | None]:
     """Start the sandboxed launcher (+ `script`, defining more of its functions) in a fresh workdir.
 
-    Returns the process, the workdir (the caller removes it with `_cleanup`) and the launcher's
-    config, which the caller sends as JSON on the child's stdin (`_feed`)."""
+    Returns the process, the workdir, the launcher's config (the caller sends it as JSON on the
+    child's stdin, `_feed`; the launcher joins the tree's cgroup before anything else) and the
+    tree's cgroup where this machine gives one (the caller passes both to `_cleanup`)."""
     nonce, uid = secrets.token_hex(16), None
     work = os.path.realpath(tempfile.mkdtemp(prefix="metis-sandbox-"))
     if os.geteuid() == 0 and mode != _USERNS:
@@ -304,13 +288,17 @@ def _start(
            "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8"}  # fmt: skip
     lim = [math.ceil(limits.cpu_seconds), limits.memory_bytes, limits.file_bytes, limits.processes]
     cfg = {"nonce": nonce, "work": work, "mode": mode, "uid": uid, "limits": lim, **extra}
+    tree = TreeLimits.open(limits.tree_memory_bytes, limits.processes)
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 cwd=work, env=env, start_new_session=True, pass_fds=pass_fds)  # fmt: skip
+        if tree is not None:
+            tree.add(proc.pid)
+            cfg["cgroups"] = tree.procs_files()
     except BaseException:
-        _cleanup(work)
+        _cleanup(work, tree)
         raise
-    return proc, work, cfg
+    return proc, work, cfg, tree
 
 
 def run_tests(
@@ -334,67 +322,12 @@ def run_tests(
 
         return run_graded(program, tests, entry_point, limits, mode)
     start = time.monotonic()
-    proc, work, cfg = _start(mode, limits, {"program": program, "tests": tests})
+    proc, work, cfg, tree = _start(mode, limits, {"program": program, "tests": tests})
     try:
         data = json.dumps(cfg).encode()
         threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True).start()
         cap = limits.output_bytes + 512 * (len(tests) + 8)  # room for the protocol lines
-        raw, why = _collect(proc, start + limits.wall_seconds, cap)
+        raw, why = _collect(proc, start + limits.wall_seconds, cap, tree, limits.cpu_seconds + 1)
     finally:
-        _cleanup(work)
-    return _verdict(raw, why, str(cfg["nonce"]), len(tests), limits, proc.returncode)
-
-
-def _split(raw: bytes, nonce: str) -> tuple[list[tuple[str, str]], bytes]:
-    """The launcher's protocol lines (head, rest) and the user's output around them."""
-    tag, pos, user, lines = f"\n{nonce} ".encode(), 0, bytearray(), []
-    while (k := raw.find(tag, pos)) != -1:
-        end = raw.find(b"\n", k + len(tag))
-        end = len(raw) if end == -1 else end
-        user += raw[pos:k]
-        head, _, rest = raw[k + len(tag) : end].decode("ascii", "replace").partition(" ")
-        lines.append((head, rest))
-        pos = end + 1
-    return lines, bytes(user + raw[pos:])
-
-
-def _ended(events: dict[str, str], limits: SandboxLimits) -> str | None:
-    """Why the sandboxed worker died (CPU limit, a signal, an early exit), from its supervisor."""
-    status, _, cpu = events.get("exit", "").rpartition(" ")
-    if status == f"signal {signal.SIGXCPU}" or (
-        status == f"signal {signal.SIGKILL}" and float(cpu or 0) >= limits.cpu_seconds
-    ):
-        return f"killed: CPU time limit ({limits.cpu_seconds} s)"
-    if status.startswith("signal "):
-        return f"killed by {signal.Signals(int(status.split()[1])).name}"
-    return f"program exited ({status}) before the tests finished" if status else None
-
-
-def _verdict(
-    raw: bytes, why: str | None, nonce: str, n: int, limits: SandboxLimits, returncode: int
-) -> TestsResult:
-    """Split protocol lines from user output and decide the verdicts and the reason."""
-    verdicts: dict[int, tuple[bool, str]] = {}
-    events: dict[str, str] = {}
-    lines, user = _split(raw, nonce)
-    for head, rest in lines:
-        if head.isdigit() and int(head) < n:
-            ok, _, error = rest.partition(" ")
-            verdicts.setdefault(int(head), (ok == "ok", error))
-        else:
-            events.setdefault(head, rest)
-    passed = [verdicts.get(i, (False, ""))[0] for i in range(n)]
-    stdout = user[: limits.output_bytes].decode("utf-8", "replace")
-    failed = [f"test {i} failed: {e}" for i, (ok, e) in sorted(verdicts.items()) if not ok]
-    if why == "wall":
-        reason = f"timed out after {limits.wall_seconds} s (wall)"
-    elif why == "output" or len(user) > limits.output_bytes:
-        reason = f"output limit exceeded (more than {limits.output_bytes} bytes)"
-    elif "stop" in events:  # setup failure, program failure or sys.exit
-        reason = events["stop"]
-    elif "done" in events:
-        reason = failed[0] if failed else None
-    else:
-        tail = " ".join(stdout.split()[-30:])
-        reason = _ended(events, limits) or f"sandbox failed (status {returncode}): {tail}"
-    return TestsResult(passed=passed, reason=reason, stdout=stdout)
+        _cleanup(work, tree)
+    return verdict(raw, why, str(cfg["nonce"]), len(tests), limits, proc.returncode)

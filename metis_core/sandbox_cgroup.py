@@ -88,8 +88,12 @@ class TreeLimits:
             return None
 
     def add(self, pid: int) -> None:
-        for folder in self.folders.values():
-            (folder / "cgroup.procs").write_text(str(pid))
+        for path in self.procs_files():
+            Path(path).write_text(str(pid))
+
+    def procs_files(self) -> list[str]:
+        """The cgroup.procs file of each folder: writing 0 there moves the writer in."""
+        return [str(folder / "cgroup.procs") for folder in self.folders.values()]
 
     def cpu_seconds(self) -> float:
         """CPU time used by every process that ran in the group."""

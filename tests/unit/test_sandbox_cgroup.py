@@ -1,9 +1,11 @@
 """A sandbox's process tree in a cgroup: memory and process count bounded for the whole tree, and
 a kill that reaches processes which left the process group (setsid)."""
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +96,64 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+SPIN = """
+import os, time
+def spin(seconds):
+    t = time.process_time()
+    while time.process_time() - t < seconds: pass
+for _ in range(4):
+    if os.fork() == 0:
+        spin(1.5); os._exit(0)
+spin(1.5)
+"""
+
+HOGS = """
+import os, time
+kids = []
+for _ in range(6):
+    pid = os.fork()
+    if pid == 0:
+        block = bytearray(300 * 2**20)
+        for i in range(0, len(block), 4096): block[i] = 1
+        time.sleep(3); os._exit(0)
+    kids.append(pid)
+print("killed", sum(os.WIFSIGNALED(os.waitpid(p, 0)[1]) for p in kids))
+"""
+
+
+def test_the_sandbox_bounds_the_whole_tree():
+    """(The rlimits fallback refuses fork outright, so only namespaces mode has a tree.)"""
+    from metis_core.sandbox import SandboxLimits, isolation, run_tests
+
+    if isolation() != "namespaces":
+        pytest.skip("no namespaces here")
+    limits = SandboxLimits(cpu_seconds=2, memory_bytes=400 * 2**20, wall_seconds=30)
+    # five processes of 1.5 s CPU each: each under its own 2 s limit, 7.5 s together
+    spun = run_tests(SPIN, ["assert True"], limits, mode="namespaces")
+    assert spun.passed == [False]
+    assert spun.reason == "killed: CPU time limit of the process tree (2 s)"
+    # six children of 300 MB, each under its own 400 MB: 1.8 GB together, over the tree's 1 GiB
+    hogged = run_tests(HOGS, ["assert True"], limits, mode="namespaces")
+    assert hogged.passed == [True], hogged.reason
+    assert int(hogged.stdout.split()[-1]) >= 3  # at most 3 x 300 MB fit: the rest were killed
+    assert not _sandbox_processes()
+
+
+def _sandbox_processes() -> list[int]:
+    """Live processes still in a sandbox cgroup made by this test process (after 5 s of grace)."""
+    tag = f"metis-sandbox-{os.getpid()}-"
+    deadline = time.monotonic() + 5
+    while True:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                groups = Path(f"/proc/{pid}/cgroup").read_text()
+            except OSError:
+                continue
+            if tag in groups and _alive(int(pid)):
+                found.append(int(pid))
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
