@@ -53,7 +53,9 @@ def main() -> None:
 
     prompts = [task_prompt_ids(cfg, tok, r) for r in rows]
     math = cfg.domain("math")
-    for t in (cfg.rollout.temperature, 1.0):
+
+    def rollouts(t: float):
+        """(prompts, responses, engine log-probs) of n rollouts per row at temperature t."""
         groups = engine.generate(
             prompts,
             n=cfg.rollout.n,
@@ -63,11 +65,10 @@ def main() -> None:
             seed=next(SEEDS),
         )
         flat = [(p, c) for p, g in zip(prompts, groups, strict=True) for c in g]
-        ps, rs, ls = (
-            [p for p, _ in flat],
-            [c.token_ids for _, c in flat],
-            [c.logprobs for _, c in flat],
-        )
+        return [p for p, _ in flat], [c.token_ids for _, c in flat], [c.logprobs for _, c in flat]
+
+    for t in (cfg.rollout.temperature, 1.0):
+        ps, rs, ls = rollouts(t)
         for trainer_t in sorted({t, 1.0}):
             report(f"rollouts sampled at T={t}, trainer at T={trainer_t}", ps, rs, ls, trainer_t)
 
@@ -102,25 +103,13 @@ def main() -> None:
 
     t = cfg.rollout.temperature
 
-    def rollouts():
-        groups = engine.generate(
-            prompts,
-            n=cfg.rollout.n,
-            temperature=t,
-            max_tokens=math.max_tokens,
-            stop=math.stop,
-            seed=next(SEEDS),
-        )
-        flat = [(p, c) for p, g in zip(prompts, groups, strict=True) for c in g]
-        return [p for p, _ in flat], [c.token_ids for _, c in flat], [c.logprobs for _, c in flat]
-
-    ps, rs, ls = rollouts()
+    ps, rs, ls = rollouts(t)
     gen = torch.Generator().manual_seed(0)
     advantages = (0.3 * torch.randn(len(ps), generator=gen)).tolist()
     trainer.train_step(RolloutBatch(ps, rs, advantages, ls, temperature=t), None, lam=0.0)
-    report(f"after one update, before the sync (T={t})", *rollouts(), t)
+    report(f"after one update, before the sync (T={t})", *rollouts(t), t)
     engine.load_weights(trainer.named_weights())
-    report(f"after one update and the sync (T={t})", *rollouts(), t)
+    report(f"after one update and the sync (T={t})", *rollouts(t), t)
 
 
 if __name__ == "__main__":

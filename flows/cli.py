@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "compare":
         return _compare(args, cfg.output_dir, cfg.name)
-    # a resumed run keeps its Prefect results (the stage cache) where it started: beside it
+    # a resumed run's temporary Prefect server keeps its database where the run started
     resume = getattr(args, "resume", None)
     _prefect_environment(str(Path(resume).resolve().parent) if resume else cfg.output_dir)
     if args.command == "eval":
