@@ -27,19 +27,21 @@ for pid in kids: os.waitpid(pid, 0)
 """
 
 
-def start(code: str) -> subprocess.Popen:
-    # stdin first: the child waits until it is in the group, as the sandbox launcher does
+def start_in(tree: TreeLimits, code: str) -> subprocess.Popen:
+    """Run `code` in `tree`: the child waits on stdin until it is in the group, as the sandbox
+    launcher does, so nothing it forks is outside."""
     gate = "import sys; sys.stdin.read(1)\n"
-    return subprocess.Popen([sys.executable, "-c", gate + code], stdin=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", gate + code], stdin=subprocess.PIPE)
+    tree.add(proc.pid)
+    proc.stdin.write(b"x")
+    proc.stdin.close()
+    return proc
 
 
 def test_memory_is_bounded_for_the_whole_tree():
     tree = TreeLimits.open(memory_bytes=256 * 2**20, processes=32)
     try:
-        proc = start(HOG)
-        tree.add(proc.pid)
-        proc.stdin.write(b"x")
-        proc.stdin.close()
+        proc = start_in(tree, HOG)
         time.sleep(5)  # six 100 MB children cannot all live in 256 MB
         assert len(tree.pids()) < 7
     finally:
@@ -60,10 +62,7 @@ time.sleep(60)
 """
     tree = TreeLimits.open(memory_bytes=512 * 2**20, processes=5)
     try:
-        proc = start(code)
-        tree.add(proc.pid)
-        proc.stdin.write(b"x")
-        proc.stdin.close()
+        proc = start_in(tree, code)
         time.sleep(3)
         assert 1 < len(tree.pids()) <= 5
         survivors = tree.pids()
@@ -78,12 +77,10 @@ time.sleep(60)
 def test_cpu_time_of_the_tree_is_measured():
     tree = TreeLimits.open(memory_bytes=256 * 2**20, processes=8)
     try:
-        proc = start(
-            "import os, time\nt = time.process_time()\nwhile time.process_time() - t < 1: pass\n"
+        proc = start_in(
+            tree,
+            "import os, time\nt = time.process_time()\nwhile time.process_time() - t < 1: pass\n",
         )
-        tree.add(proc.pid)
-        proc.stdin.write(b"x")
-        proc.stdin.close()
         proc.wait(timeout=30)
         assert tree.cpu_seconds() >= 0.9
     finally:
