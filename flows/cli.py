@@ -202,6 +202,15 @@ def main(argv: list[str] | None = None) -> int:
 
         print(config_reference() if args.reference else cfg.to_json())
         return 0
+    if args.command in ("train", "compare") and not getattr(args, "resume", None):
+        from metis_core.launch import check_sandbox
+        from metis_core.sandbox import SandboxUnavailable
+
+        try:
+            check_sandbox(cfg)
+        except SandboxUnavailable as err:
+            print(f"metis: {err}", file=sys.stderr)
+            return 2
     if args.command == "compare":
         return _compare(args, cfg.output_dir, cfg.name)
     # a resumed run's temporary Prefect server keeps its database where the run started

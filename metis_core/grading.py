@@ -125,7 +125,7 @@ def serve(cfg, report):  # the sandboxed worker in graded mode: run the program,
         else: report("stop", ("" if isinstance(e, SyntaxError) else "program raised ") + (name + ": " + text(e)).rstrip(": "))
         _exit(0)
     if getpid() != me: _exit(0)
-    if not callable(ns.get(cfg["entry"])):
+    if cfg["entry"] and not callable(ns.get(cfg["entry"])):
         flush(); report("stop", "the program defines no function %r" % cfg["entry"]); _exit(0)
     for line in os.fdopen(cfg["req"], "rb"):
         try:

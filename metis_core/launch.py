@@ -100,10 +100,20 @@ def is_finished(run_dir: Path) -> bool:
     return info.is_file() and bool(read_json(info).get("finished"))
 
 
+def check_sandbox(cfg: RunConfig) -> None:
+    """Raise SandboxUnavailable (saying what to do) when the config grades model-written code
+    and this machine has no namespace sandbox for it; before anything starts."""
+    if "code" in cfg.domains_in_use():
+        from metis_core.sandbox import isolation
+
+        isolation()
+
+
 def open_run(run_dir: Path) -> Run:
     """Load every live part of the run in `run_dir`; resume from its latest checkpoint if any."""
     configure_runtime_environment()
     cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+    check_sandbox(cfg)
     run_id = run_dir.name
     pool = Dataset.from_parquet(str(run_dir / "pool.parquet"))
     info_file = run_dir / "run.json"

@@ -4,212 +4,161 @@
 program here and the tests in a trusted grader process that calls its functions across a pipe
 (`metis_core.grading`); without `entry_point` (trusted programs only) program and tests share one
 sandboxed namespace. `__name__ == "__sandbox__"`. `isolation()` names what this machine gives.
+The launcher, the program started in the sandbox, is `metis_core/sandbox_launcher.py`.
 1. Always: a child process whose launcher (no `preexec_fn`: the host is multi-threaded) runs
-   `python -s -S -B -P` with an environment built from scratch (HOME=TMPDIR=a fresh workdir,
-   removed afterwards), sets RLIMIT_CPU, _AS, _FSIZE, _NPROC, _CORE=0, _NOFILE=64 and
-   PR_SET_NO_NEW_PRIVS; as real root it clears the capability bounding set and switches to a
-   random uid >= 1.5e9 (65534's system-wide RLIMIT_NPROC count would make concurrent sandboxes
-   fail each other's forks). The parent enforces the wall clock and the output cap. Where a
-   cgroup hierarchy is writable (`metis_core.sandbox_cgroup`) the whole tree also gets a cgroup:
-   memory (`tree_memory_bytes`) and task count bounded together, CPU time summed over the tree
-   (killed past cpu_seconds + 1), and a final kill that reaches setsid()ed processes.
-2. Where `unshare` works (probed once): `unshare --net --mount --pid --ipc --uts --fork
-   --kill-child --mount-proc` (+ `--user --map-root-user` when not root: "namespaces+userns").
-   The launcher bind-mounts the workdir on itself (nosuid, nodev), remounts every other mount
-   read-only (checked with statvfs) and drops privileges. No network, host processes invisible,
-   the PID namespace dies with the sandbox.
-Fallback "rlimits+audit-hook" (no working unshare; METIS_SANDBOX=rlimits or `mode=`): layer 1
-plus a `sys.addaudithook` hook refusing sockets, process creation, `_posixsubprocess`/`ctypes`,
-writes, deletes, renames, chmod and mkdir outside the workdir, links, other pids' /proc entries
-and signals: Python-level, lexical path checks, much weaker than namespaces.
+   `python -s -S -B -P` with an environment built from scratch (HOME=TMPDIR=its workdir), sets
+   RLIMIT_CPU, _AS, _FSIZE, _NPROC, _CORE=0, _NOFILE=64 and PR_SET_NO_NEW_PRIVS; as real root it
+   clears the capability bounding set and switches to a random uid >= 1.5e9 (65534's system-wide
+   RLIMIT_NPROC count would make concurrent sandboxes fail each other's forks). The parent
+   enforces the wall clock and the output cap. Where a cgroup hierarchy is writable
+   (`metis_core.sandbox_cgroup`) the whole tree also gets a cgroup: memory (`tree_memory_bytes`)
+   and task count bounded together, CPU time summed over the tree (killed past cpu_seconds + 1),
+   and a final kill that reaches setsid()ed processes; where none is, a warning says so once.
+2. Namespaces (the only modes `auto` picks; probed once): `unshare --net --mount --pid --ipc
+   --uts --fork --kill-child --mount-proc` (+ `--user --map-root-user` when not root:
+   "namespaces+userns"). The launcher builds a fresh root on a tmpfs (`_root_plan`): /usr, /etc
+   and the interpreter's stdlib bound read-only, every other import path (site-packages,
+   dist-packages, the repository) hidden under an empty mount, /dev/{null,zero,random,urandom},
+   the sandbox's own /proc, and the workdir a tmpfs of `workdir_bytes` and `workdir_files`;
+   then pivot_root, every mount but the workdir read-only (checked with statvfs), privileges
+   dropped. No network, no host files but the system's and the stdlib's (no answer files, no run
+   folders, no host /tmp, no host unix sockets), host processes invisible; everything dies, and
+   every file vanishes, with the namespace.
+Without a working namespace mode `auto` raises SandboxUnavailable with what to do. The fallback
+"rlimits+audit-hook" runs only when asked for (METIS_SANDBOX=rlimits or `mode=`): layer 1 plus a
+`sys.addaudithook` hook refusing sockets, process creation, `_posixsubprocess`/`ctypes`, writes,
+deletes, renames, chmod and mkdir outside the workdir, reads outside what the namespace root
+would show, links, other pids' /proc entries and signals: Python-level and lexical, much weaker.
 
 Protocol: the parent sends the launcher's config (program, a random nonce; tests or an entry
 point) as JSON on stdin; `<nonce> ...` lines report the worker's exit and CPU time (and, without
 an entry point, each test's verdict). Guaranteed in graded mode: the sandboxed process never
-receives the tests or expected values and decides no verdict. Not guaranteed: it can read what
-is readable in its mount namespace (the interpreter, the repository, read-only), and in the
-rlimits fallback reach other processes as far as the audit hook and uid allow. Without a
-writable cgroup, memory and task limits are per process. In shared-namespace mode the program
-can forge verdicts.
+receives the tests or expected values and decides no verdict. In shared-namespace mode the
+program can forge verdicts.
 """
 
 import contextlib
 import functools
+import glob
 import json
+import logging
 import math
 import os
+import platform
 import secrets
 import selectors
 import shutil
 import signal
+import site
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import IO
 
 from metis_core.sandbox_cgroup import TreeLimits
+from metis_core.sandbox_cgroup import available as tree_cgroups
 from metis_core.sandbox_verdict import SandboxLimits, TestsResult, verdict
 
-__all__ = ["SandboxLimits", "TestsResult", "isolation", "run_tests"]
+__all__ = ["SandboxLimits", "SandboxUnavailable", "TestsResult", "isolation", "run_tests"]
+
+log = logging.getLogger(__name__)
 
 _NS, _USERNS, _FALLBACK = "namespaces", "namespaces+userns", "rlimits+audit-hook"
 _UNSHARE = ("--net", "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child", "--mount-proc")
 _MODES = {_NS: _NS, "userns": _USERNS, _USERNS: _USERNS, "rlimits": _FALLBACK, _FALLBACK: _FALLBACK}
 
 
-_LAUNCHER = r"""# metis-sandbox-launcher
-import json, os, resource, sys
-PRELOAD = ("math cmath re itertools functools collections collections.abc string heapq bisect typing json "
-    "random statistics fractions decimal hashlib copy operator datetime time textwrap unicodedata array struct "
-    "dataclasses enum abc io numbers contextlib traceback queue threading base64 binascii zlib pprint calendar "
-    "secrets types warnings weakref ast inspect socket encodings.idna tempfile pathlib shutil glob fnmatch csv").split()
-def main():
-    cfg = json.loads(sys.stdin.buffer.read())
-    for path in cfg.get("cgroups", ()): open(path, "w").write("0")  # join the tree's cgroup first
-    fd = os.open("/dev/null", os.O_RDONLY); os.dup2(fd, 0); os.close(fd)
-    nonce, work, mode, uid, lim = cfg["nonce"], cfg["work"], cfg["mode"], cfg["uid"], cfg["limits"]
-    out, write, ns = os.dup(1), os.write, mode != "rlimits+audit-hook"
-    def report(*words):
-        write(out, ("\n%s %s\n" % (nonce, " ".join(map(str, words)))).encode("ascii", "backslashreplace"))
-    try:
-        for name in PRELOAD if ns or uid is not None else (): __import__(name)
-        import ctypes; libc = ctypes.CDLL(None, use_errno=True)
-        def check(rc, what):
-            if rc != 0: raise OSError(ctypes.get_errno(), "%s: %s" % (what, os.strerror(ctypes.get_errno())))
-        if ns: confine(libc, check, work)
-        os.chdir(work)
-        if uid is not None or mode == "namespaces+userns":
-            for cap in range(int(open("/proc/sys/kernel/cap_last_cap").read()) + 1):
-                check(libc.prctl(24, ctypes.c_ulong(cap), 0, 0, 0), "PR_CAPBSET_DROP")
-        for res, soft, hard in (("CPU", lim[0], lim[0] + 1), ("AS", lim[1], lim[1]), ("FSIZE", lim[2], lim[2]),
-                ("NPROC", lim[3], lim[3]), ("CORE", 0, 0), ("NOFILE", 64, 64)):
-            resource.setrlimit(getattr(resource, "RLIMIT_" + res), (soft, hard))
-        if uid is not None: os.setgroups([]); os.setgid(uid); os.setuid(uid)
-        elif mode == "namespaces+userns":
-            libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL; then capset() to all-zero sets
-            check(libc.capset((ctypes.c_uint32 * 2)(0x20080522, 0), (ctypes.c_uint32 * 6)()), "capset")
-        check(libc.prctl(38, 1, 0, 0, 0), "PR_SET_NO_NEW_PRIVS")
-        if [int(l.split()[1], 16) for l in open("/proc/self/status") if l.startswith("CapEff")] != [0]:
-            raise OSError("capabilities still effective")
-        del libc, check
-        for name in [m for m in sys.modules if m.split(".")[0] in ("ctypes", "_ctypes")]: del sys.modules[name]
-    except Exception as e:
-        report("stop", "sandbox setup failed: %s: %s" % (type(e).__name__, e)); os._exit(70)
-    sys.stdout.flush(); sys.stderr.flush()
-    pid = os.fork()
-    if pid:  # supervisor (PID 1 under namespaces): report how the worker ended
-        _, status, ru = os.wait4(pid, 0)
-        how = "signal %d" % os.WTERMSIG(status) if os.WIFSIGNALED(status) else "code %d" % os.WEXITSTATUS(status)
-        report("exit", how, "%.3f" % (ru.ru_utime + ru.ru_stime)); os._exit(0)
-    if not ns: sys.addaudithook(make_hook(work, os.getpid()))
-    if "entry" in cfg: serve(cfg, report)  # defined by metis_core.grading's addition
-    worker(cfg["program"], cfg["tests"], report)
-def confine(libc, check, work):
-    keep = {"nosuid": 2, "nodev": 4, "noexec": 8, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21}
-    mount = lambda src, dst, flags: check(libc.mount(src, dst.encode(), None, flags, None), "mount " + dst)
-    mount(None, "/", 16384 | 1 << 18)  # MS_REC | MS_PRIVATE
-    mount(work.encode(), work, 4096)  # MS_BIND
-    rows = [line.split() for line in open("/proc/self/mountinfo")]
-    points = [row[4].encode().decode("unicode_escape") for row in rows]  # \040 -> " "
-    for row, point in zip(rows, points):  # MS_REMOUNT | MS_BIND | (NOSUID | NODEV or RDONLY)
-        flags = 32 | 4096 | (6 if point == work else 1)
-        try: mount(None, point, flags | sum(keep.get(opt, 0) for opt in row[5].split(",")))
-        except OSError: pass  # e.g. a shadowed mount point: the statvfs check below decides
-    for point in points:
-        try: ok = point == work or os.statvfs(point).f_flag & os.ST_RDONLY
-        except OSError: ok = True  # not reachable
-        if not ok: raise RuntimeError("could not make %s read-only" % point)
-def make_hook(work, me):
-    getcwd, readlink, isdir, fsdecode, str_, bytes_, int_ = os.getcwd, os.readlink, os.path.isdir, os.fsdecode, str, bytes, int
-    W = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-    deny = frozenset(("socket.connect socket.bind socket.getaddrinfo socket.gethostbyname "
-        "socket.gethostbyaddr socket.sendto socket.sendmsg subprocess.Popen os.system os.exec "
-        "os.fork os.forkpty os.posix_spawn os.spawn ctypes.dlopen ctypes.dlsym os.symlink os.link "
-        "os.killpg sys.settrace sys.setprofile").split())
-    paths = "os.remove os.rmdir os.rename shutil.rmtree os.chmod os.chown os.mkdir os.truncate os.utime os.chflags".split()
-    def norm(p):  # lexical, and only with captured functions: monkeypatching os cannot fool it
-        parts = []
-        p = fsdecode(p) if isinstance(p, bytes_) else p
-        for s in (p if p.startswith("/") else getcwd() + "/" + p).split("/"):
-            if s == "..": parts = parts[:-1]
-            elif s not in ("", "."): parts.append(s)
-        return "/" + "/".join(parts)
-    inside = lambda p: not isinstance(p, int_) and ((q := norm(p)) == work or q.startswith(work + "/"))
-    def at(p, fd):  # the path a dir_fd-relative call really acts on
-        if fd in (None, -1) or isinstance(p, int_) or (p := fsdecode(p)).startswith("/"): return p
-        return readlink("/proc/self/fd/%d" % fd) + "/" + p
-    def hook(event, args):
-        bad = event in deny
-        if event == "import":
-            bad = args[0] in ("_posixsubprocess", "_ctypes", "ctypes")
-        elif event == "open" and isinstance(args[0], (str_, bytes_)):
-            p, mode, flags = norm(args[0]), args[1] or "", args[2] or 0
-            q = p.split("/") + [""]
-            if q[1] == "proc" and (q[2].isdigit() and q[2] != str_(me) or q[2] in ("self", "thread-self")
-                    and q[3] in ("root", "cwd", "fd", "task", "map_files", "exe")):
-                bad = True
-            elif not inside(p):
-                bad = flags & W or any(c in mode for c in "wax+") or isdir(p)
-        elif event in paths:
-            fds = args[2:4] if event == "os.rename" else (None,) if event in ("os.truncate", "os.chflags") else args[-1:]
-            bad = not all(inside(at(p, fd)) for p, fd in zip(args, fds))
-        elif event == "os.kill": bad = args[0] != me
-        elif event == "object.__setattr__":  # e.g. replacing this hook's __code__
-            bad = args[1] in ("__code__", "__defaults__", "__kwdefaults__")
-        if bad: raise PermissionError("sandbox: %s refused" % event)
-    return hook
-def worker(program, tests, report):
-    import builtins
-    me, getpid, _exit = os.getpid(), os.getpid, os._exit
-    ns = {"__builtins__": builtins, "__name__": "__sandbox__"}
-    def flush():
-        for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-            try: s.flush()
-            except BaseException: pass
-    def err(e):
-        if isinstance(e, MemoryError): return "MemoryError: memory limit exceeded"
-        try: text = type(e).__name__ + (": %s" % e if str(e) else "")
-        except BaseException: text = type(e).__name__
-        return " ".join(text.split())[:300]
-    def run(src, name):
-        try: exec(compile(src, name, "exec", dont_inherit=True), ns)
-        except BaseException as e: return e
-        finally:
-            if getpid() != me: _exit(0)  # a fork made by the user code: never report
-    e = run(program, "<program>"); flush()
-    if e is not None:  # the tests need the program: stop here
-        why = err(e) if isinstance(e, SyntaxError) else "program raised " + err(e)
-        report("stop", "program called sys.exit(%r)" % (e.code,) if isinstance(e, SystemExit) else why); _exit(0)
-    for i, test in enumerate(tests):
-        e = run(test, "<test %d>" % i)
-        flush(); report(i, "ok" if e is None else "fail " + err(e))
-        if isinstance(e, SystemExit):
-            report("stop", "test %d called sys.exit(%r)" % (i, e.code)); _exit(0)
-    flush(); report("done"); _exit(0)
-"""
+_LAUNCHER = (Path(__file__).parent / "sandbox_launcher.py").read_text()
 
 
 @functools.cache
-def _probe() -> str:
-    """The strongest mode that works here (tried once per process)."""
-    candidates = (_NS, _USERNS) if os.geteuid() == 0 else (_USERNS,)
-    for mode in candidates if shutil.which("unshare") else ():
-        if run_tests("x = 1", ["assert x"], mode=mode).reason is None:
-            return mode
-    return _FALLBACK
+def _root_plan() -> dict[str, object]:
+    """What the sandbox's fresh root holds (namespace modes): the system directories and this
+    interpreter's stdlib, read-only; hidden under empty mounts: every import path that is not the
+    stdlib (site-packages, dist-packages, the repository, editable installs), where a bound
+    directory holds it. Candidates import the standard library only; the tests' data, the
+    repository and the run's files are not in their mount namespace."""
+    binds, links = [], []
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/etc"):
+        if os.path.islink(top):
+            links.append((top, os.readlink(top)))
+        elif os.path.isdir(top):
+            binds.append(top)
+    stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
+    if not any(stdlib == b or stdlib.startswith(b + "/") for b in binds):
+        binds.append(stdlib)
+    under = lambda p, roots: any(p == r or p.startswith(r + "/") for r in roots)  # noqa: E731
+    dynload = os.path.join(stdlib, "lib-dynload")
+    paths = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    paths |= {os.path.realpath(p) for p in site.getsitepackages() + [site.getusersitepackages()]}
+    paths |= {os.path.realpath(p) for pat in ("site-packages", "dist-packages")
+              for p in glob.glob(f"/usr/lib/python3*/{pat}") + glob.glob(f"/usr/local/lib/python3*/{pat}")}  # fmt: skip
+    paths |= {os.path.join(stdlib, "site-packages"), str(Path(__file__).resolve().parents[1])}
+    hide = sorted(p for p in paths if p not in (stdlib, dynload) and under(p, binds))
+    syscalls = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+    return {
+        "binds": binds,
+        "links": links,
+        "hide": hide,
+        "pivot_root": syscalls.get(platform.machine()),
+    }
+
+
+class SandboxUnavailable(RuntimeError):
+    """No namespace isolation on this machine, and the weaker fallback was not asked for."""
+
+
+@functools.cache
+def _probe() -> tuple[str | None, str]:
+    """The strongest namespace mode that works here (tried once per process), or None and why."""
+    if not shutil.which("unshare"):
+        return None, "`unshare` (util-linux) is not installed"
+    why = ""
+    for mode in (_NS, _USERNS) if os.geteuid() == 0 else (_USERNS,):
+        if (reason := run_tests("x = 1", ["assert x"], mode=mode).reason) is None:
+            if tree_cgroups() is None:
+                log.warning(
+                    "sandbox: no writable cgroup here, so memory and process limits hold per "
+                    "process, not for a program's whole process tree (docs/domains.md)"
+                )
+            return mode, ""
+        why += f"{mode}: {reason}; "
+    return None, why.rstrip("; ")
 
 
 def _resolve(mode: str | None) -> str:
     if (mode := mode or os.environ.get("METIS_SANDBOX") or "auto") not in (*_MODES, "auto"):
         raise ValueError(f"unknown sandbox mode {mode!r}; use auto or one of {sorted(_MODES)}")
-    return _probe() if mode == "auto" else _MODES[mode]
+    if mode != "auto":
+        if _MODES[mode] == _FALLBACK:
+            _warn_fallback()
+        return _MODES[mode]
+    found, why = _probe()
+    if found is None:
+        raise SandboxUnavailable(
+            f"model-written code is only run inside Linux namespaces, and they do not work here "
+            f"({why}). Run as root, or allow unprivileged user namespaces (sysctl "
+            f"kernel.unprivileged_userns_clone=1, or kernel.apparmor_restrict_unprivileged_userns=0"
+            f" on Ubuntu); or set METIS_SANDBOX=rlimits to accept the much weaker "
+            f"rlimits+audit-hook fallback, which does not stop hostile programs (docs/domains.md)"
+        )
+    return found
+
+
+@functools.cache
+def _warn_fallback() -> None:
+    log.warning("sandbox: METIS_SANDBOX=rlimits asks for the rlimits+audit-hook fallback; it does "
+                "not stop a hostile program from forging its reward or reaching the host")  # fmt: skip
 
 
 def isolation() -> str:
-    """The isolation used here: "namespaces", "namespaces+userns" or "rlimits+audit-hook"."""
+    """The isolation used here: "namespaces", "namespaces+userns" or, only when METIS_SANDBOX
+    asks for it, "rlimits+audit-hook". Raises SandboxUnavailable where no namespace mode works."""
     return _resolve(None)
 
 
@@ -288,6 +237,7 @@ def _start(
            "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8"}  # fmt: skip
     lim = [math.ceil(limits.cpu_seconds), limits.memory_bytes, limits.file_bytes, limits.processes]
     cfg = {"nonce": nonce, "work": work, "mode": mode, "uid": uid, "limits": lim, **extra}
+    cfg["root"] = {**_root_plan(), "bytes": limits.workdir_bytes, "inodes": limits.workdir_files}
     tree = TreeLimits.open(limits.tree_memory_bytes, limits.processes)
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -311,8 +261,9 @@ def run_tests(
 ) -> TestsResult:
     """Run each test (a snippet such as "assert f(2) == 4") against `program`, each in its own
     try/except. With `entry_point` the tests run in a trusted grader process and call the
-    program's functions across a pipe (`metis_core.grading`); without it (trusted snippets only)
-    program and tests share one sandboxed namespace. `mode` (else env METIS_SANDBOX) forces
+    program's functions across a pipe (`metis_core.grading`); "" grades the same way without
+    requiring a particular function. Without it (trusted snippets only) program and tests share
+    one sandboxed namespace. `mode` (else env METIS_SANDBOX) forces
     "namespaces", "userns" or "rlimits"; the default "auto" takes the strongest that works here
     (see the module docstring).
     """

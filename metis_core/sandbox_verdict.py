@@ -15,6 +15,8 @@ class SandboxLimits:
     wall_seconds: float = 10.0  # the whole process group / PID namespace is killed after this
     memory_bytes: int = 512 * 2**20  # RLIMIT_AS
     file_bytes: int = 4 * 2**20  # RLIMIT_FSIZE
+    workdir_bytes: int = 64 * 2**20  # the workdir's size (a tmpfs, in the namespace modes)
+    workdir_files: int = 4096  # the workdir's inodes (files + directories), likewise
     processes: int = 16  # RLIMIT_NPROC, and the whole tree's task count where a cgroup is made
     tree_memory_bytes: int = 2**30  # the whole process tree's memory, where a cgroup is made
     output_bytes: int = 64 * 1024  # stdout+stderr kept; more than this -> killed

@@ -21,7 +21,7 @@ grading, which happens in another process (`metis_core.grading`).
 answer = JSON {"entry_point", "tests"}: statements run one by one in a trusted grader process
 where the entry point (and every other top-level def) is a proxy calling the program's function
 in the sandbox (`metis_core.sandbox.run_tests(..., entry_point=)`); a row without an entry point
-runs tests and program in one sandboxed namespace (trusted programs only). Reward `code_tests`:
+is graded the same way, every top-level def of the program a proxy. Reward `code_tests`:
 continuous = the fraction of tests passed, discrete = 1 only when all pass.
 """
 
@@ -349,13 +349,13 @@ def code_tests_reward(
     """Fraction of the hidden tests passed (continuous) or 1/0 for all passed (discrete).
 
     A completion that does not parse, crashes, hangs or escapes scores 0; a row without tests is
-    not applicable (None). Completions run two at a time, each in its own sandbox process (and
-    grader process when the row names an entry point).
+    not applicable (None). Completions run two at a time, each in its own sandbox process with
+    its own grader process. Raises SandboxUnavailable where no safe sandbox exists.
     """
-    from metis_core.sandbox import run_tests
+    from metis_core.sandbox import SandboxUnavailable, run_tests
 
     answer_of = json.loads(answer)
-    tests, entry = list(answer_of["tests"]), str(answer_of.get("entry_point") or "") or None
+    tests, entry = list(answer_of["tests"]), str(answer_of.get("entry_point") or "")
     header = str(json.loads(metadata or "{}").get("header") or "")
     if not tests:
         return [None] * len(completions)
@@ -364,6 +364,8 @@ def code_tests_reward(
         try:
             program = extract_program(header, str(completion))
             passed = run_tests(program, tests, entry_point=entry).passed
+        except SandboxUnavailable:
+            raise  # no safe place to run it: a configuration problem, not a score
         except Exception as err:  # the sandbox should report, not raise; never fail the batch
             log.warning("code_tests: sandbox raised %s: %s", type(err).__name__, err)
             return 0.0

