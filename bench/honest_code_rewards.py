@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=160)
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--label", default="new")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.command == "generate":
         generate(args.out, args.config, args.prompts, args.n)
