@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,11 +20,13 @@ examples:
   metis eval --checkpoint embedded:smollm2-135m-instruct          # the untrained default model
   metis eval --checkpoint runs/<run id> --benchmarks humaneval bfcl:simple_python heldout
   metis eval --mlflow-run <MLflow run id> --samples 8             # a training run's latest checkpoint
+  metis eval --checkpoint models:/<run id>@best --benchmarks heldout   # its best registered version
+  metis services up                             # a Prefect and an MLflow server for every run after
   metis compare --config configs/compare.yaml --samplers uniform metis mopps dapo_dynamic --seeds 0 1 2
 
 Runs go to runs/<run id>/ (history.duckdb, checkpoints/, steps/). Metrics go to MLflow
 (default sqlite:///runs/mlflow.db; browse with `mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`).
-Prefect: a temporary local server unless PREFECT_API_URL names one.
+Prefect: a temporary local server unless PREFECT_API_URL names one or `metis services up` runs.
 """
 
 
@@ -103,7 +106,61 @@ def _parser() -> argparse.ArgumentParser:
                 "after a crash or preemption continues it, and a finished one is not rerun "
                 "(default: <name>-<start time>-<flow run>)",
             )
+    _services_parser(sub)
     return p
+
+
+SERVICES_HELP = """
+Start, stop or show a Prefect server and an MLflow tracking server on this machine (127.0.0.1),
+with their logs, PIDs and Prefect's database under <output-dir>/services/. While they answer,
+`metis train`, `eval` and `compare` record to them (PREFECT_API_URL, MLFLOW_TRACKING_URI, unless
+already set); when they are down, to the embedded default (a temporary Prefect server, the sqlite
+MLflow store, which the MLflow server also serves).
+"""
+
+
+def _services_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    s = sub.add_parser(
+        "services",
+        help="start/stop/show a Prefect server and an MLflow server (metis services up)",
+        description=SERVICES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("action", choices=["up", "down", "status"])
+    s.add_argument("--output-dir", default="runs", help="where runs and services live (runs)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    s.add_argument("--prefect-port", type=int, default=4200, help="(4200; a free one if taken)")
+    s.add_argument("--mlflow-port", type=int, default=5000, help="(5000; a free one if taken)")
+    s.add_argument(
+        "--database",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="Prefect's database: SQLite (default) or a PostgreSQL cluster started here",
+    )
+
+
+def _services(args: argparse.Namespace) -> int:
+    from flows import services
+
+    if args.action == "up":
+        try:
+            services.up(
+                args.output_dir, args.host, args.prefect_port, args.mlflow_port, args.database
+            )
+        except (services.ServiceError, subprocess.CalledProcessError) as err:
+            print(f"metis: {err}", file=sys.stderr)
+            return 1
+    elif args.action == "down":
+        stopped = services.down(args.output_dir)
+        print(f"metis: stopped {', '.join(stopped) or 'nothing (no services were up)'}")
+        return 0
+    found = services.status(args.output_dir)
+    for name, state in found.items():
+        print(f"{name:8s} {state}")
+    env = services.service_environment(args.output_dir)
+    for key, value in env.items():
+        print(f"export {key}={value}")
+    return 0 if len(env) == len(found) else 3
 
 
 COMPARE_HELP = """
@@ -155,7 +212,8 @@ def _eval_arguments(s: argparse.ArgumentParser) -> None:
     which = s.add_mutually_exclusive_group(required=True)
     which.add_argument(
         "--checkpoint",
-        help="an HF model folder, a run folder (its latest checkpoint), or "
+        help="an HF model folder, a run folder (its latest checkpoint), a registered model "
+        "version (models:/<run id>@best, /latest or /<version>), or "
         "embedded:smollm2-135m-instruct (the untrained default)",
     )
     which.add_argument(
@@ -184,6 +242,8 @@ def _eval_arguments(s: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "services":
+        return _services(args)
     from metis_core.config_loading import ConfigError, load_config
 
     try:
@@ -215,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         return _compare(args, cfg.output_dir, cfg.name)
     # a resumed run's temporary Prefect server keeps its database where the run started
     resume = getattr(args, "resume", None)
+    from flows.services import service_environment
+
+    for key, value in service_environment(cfg.output_dir).items():  # `metis services up`
+        os.environ.setdefault(key, value)
     _prefect_environment(str(Path(resume).resolve().parent) if resume else cfg.output_dir)
     if args.command == "eval":
         return _eval(args)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import time
 from pathlib import Path
 
 from prefect import flow, task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
@@ -50,7 +52,9 @@ def _tracking_uri(cfg: RunConfig, run_dir: Path | None) -> str:
 
 
 @task(name="resolve-checkpoint", cache_policy=NO_CACHE)
-def _resolve(checkpoint: str | None, mlflow_run: str | None, tracking_uri: str) -> Checkpoint:
+def _resolve(
+    checkpoint: str | None, mlflow_run: str | None, tracking_uri: str, registry_root: str
+) -> Checkpoint:
     if mlflow_run:
         from mlflow.tracking import MlflowClient
 
@@ -60,6 +64,17 @@ def _resolve(checkpoint: str | None, mlflow_run: str | None, tracking_uri: str) 
         return resolve_checkpoint(tags["metis.latest_checkpoint"])
     if not checkpoint:
         raise EvalError("give a checkpoint (path or embedded:...) or an MLflow run id")
+    if checkpoint.startswith("models:/"):  # a registered model version (register_checkpoints)
+        from mlflow.exceptions import MlflowException
+
+        from metis_core.tracking.registry import download_version
+
+        try:  # downloaded once into <output_dir>/registry/<name>-v<version>
+            path, step, run_dir = download_version(checkpoint, tracking_uri, registry_root)
+        except MlflowException as err:
+            raise EvalError(f"{checkpoint}: {err.message} (MLflow at {tracking_uri})") from err
+        found = resolve_checkpoint(path)
+        return Checkpoint(found.model_path, step, Path(run_dir) if run_dir else None)
     return resolve_checkpoint(checkpoint)
 
 
@@ -88,7 +103,8 @@ def evaluate(
 
     configure_runtime_environment()
     base = load_config(config_file, overrides or [])
-    ckpt = _resolve(checkpoint, mlflow_run, _tracking_uri(base, None))
+    registry_root = str(Path(base.output_dir) / "registry")
+    ckpt = _resolve(checkpoint, mlflow_run, _tracking_uri(base, None), registry_root)
     run_dir = ckpt.run_dir
     cfg = base
     if run_dir is not None and not (config_file or overrides):
@@ -146,6 +162,11 @@ def evaluate(
             writer.writeheader()
             writer.writerows(shown)
         log_results(eval_id, ckpt.step, table, markdown)
+        run_name = run_dir.name if run_dir else "no-run"
+        create_table_artifact(
+            shown, key=re.sub(r"[^a-z0-9-]+", "-", f"metis-{stamp}-{run_name}".lower())[:100],
+            description=f"checkpoint `{ckpt.model_path}` (step {ckpt.step}), k={samples}",
+        )  # fmt: skip
     finally:
         close_evaluation(eval_id)
         if not info.get("mlflow_run_id"):

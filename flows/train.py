@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import signal
 import threading
 import time
@@ -10,6 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
@@ -84,7 +90,7 @@ def _flow_run_suffix() -> str:
     return f"{flow_run.created:%Y%m%d-%H%M%S}-{str(flow_run.id)[:4]}"
 
 
-@task(name="open-run", cache_policy=NO_CACHE)
+@task(name="open-run", cache_policy=NO_CACHE, log_prints=False)  # (datasets' dill prints bytecode)
 def _prepare(
     config_file: str | None,
     overrides: list[str],
@@ -147,6 +153,11 @@ def _train(run_dir: Path, stop: _StopRequest) -> str:
         elif cfg.eval.at_start:
             _initial_evaluation(run)
         bar = tqdm(range(run.start_step, cfg.steps), desc=run.run_id, unit="it", dynamic_ncols=True)
+        progress = create_progress_artifact(
+            100 * run.start_step / cfg.steps, key=_key(run.run_id, "progress"),
+            description=f"iterations of {run.run_id} done, of {cfg.steps}",
+        )  # fmt: skip
+        metrics: dict[str, float] = {}
         for step in bar:
             run.stage_seconds, run.step_spend = {}, {}
             run.iteration_started = time.perf_counter()
@@ -157,6 +168,7 @@ def _train(run_dir: Path, stop: _StopRequest) -> str:
             if not checkpoint_now:  # (a checkpoint logs it, before it counts as complete)
                 run.tracker.log_metrics({"time/iteration_s": run.iteration_seconds()}, step)
             bar.set_postfix_str(progress_line(metrics, cfg.eval.samples, short=True))
+            update_progress_artifact(progress, 100 * (step + 1) / cfg.steps)
             tqdm.write(f"step {step:4d} | {progress_line(metrics, cfg.eval.samples)}")
             if stop.requested and step < last:
                 if not checkpoint_now:
@@ -169,10 +181,33 @@ def _train(run_dir: Path, stop: _StopRequest) -> str:
         stages.plots(run.run_id)
         mark_finished(run_dir)
         status = "FINISHED"
+        create_markdown_artifact(_summary(run, metrics), key=_key(run.run_id, "summary"))
     finally:
         run.tracker.end(status)
         release(run.run_id)
     return str(run_dir)
+
+
+def _key(run_id: str, what: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits, dashes) for this run."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"metis-{what}-{run_id}".lower())[:100]
+
+
+def _summary(run: Run, last: dict[str, float]) -> str:
+    """The end-of-run artifact in Prefect's UI: where to browse the run, its final numbers."""
+    uri, exp, mlflow_run = run.tracker.tracking_uri, run.tracker.experiment_id, run.tracker.run_id
+    if uri.startswith(("http://", "https://")):
+        where = f"[MLflow run {mlflow_run}]({uri}/#/experiments/{exp}/runs/{mlflow_run})"
+    else:
+        where = (
+            f"MLflow run `{mlflow_run}` in `{uri}` (browse: `mlflow ui --backend-store-uri {uri}`)"
+        )
+    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in sorted(last.items()) if "/" in k and (
+        k.startswith(("eval/", "train/reward", "judge/")) or k == "cost/spent_tokens"))  # fmt: skip
+    return (
+        f"# {run.run_id} finished ({run.cfg.steps} iterations)\n\n{where}; run folder "
+        f"`{run.run_dir}`.\n\n| metric (last iteration) | value |\n|---|---|\n{rows}\n"
+    )
 
 
 def _initial_evaluation(run: Run) -> None:

@@ -324,6 +324,12 @@ class RunConfig(_Section):
     """MLflow tracking URI; default a sqlite store under output_dir (MLFLOW_TRACKING_URI wins)."""
     experiment: str = "metis"
     """MLflow experiment name."""
+    register_checkpoints: bool = True
+    """Each checkpoint's HF export also as an MLflow logged model (a copy of the weights: about
+    0.5 GB for SmolLM2-135M) and a version of the registered model named after the run, the best
+    by held-out accuracy aliased `best`; off: MLflow gets only where it is on disk."""
+    system_metrics: bool = True
+    """MLflow system metrics (CPU, memory, disk, GPU) every 10 s while the run trains."""
     model: ModelConfig = ModelConfig()
     """The policy's weights and the inference engine's precision."""
     data: DataConfig = DataConfig()

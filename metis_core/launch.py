@@ -19,6 +19,7 @@ from metis_core.model.weights import cache_dir, resolve_model
 from metis_core.run import Run, new_sampler, read_json, task_prompt_ids, write_json
 from metis_core.store.outcomes import OutcomeStore
 from metis_core.tracking.mlflow_tracker import Tracker, default_tracking_uri
+from metis_core.tracking.registry import log_datasets
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +134,11 @@ def open_run(run_dir: Path) -> Run:
         tags["mlflow.parentRunId"] = info["parent_mlflow_run_id"]
     # a kill between creating the MLflow run and writing its id leaves it findable by its tag
     known = info.get("mlflow_run_id") or tracker.find("metis.incarnation", info["incarnation"])
-    mlflow_run_id = tracker.start(run_id, known, tags=tags)
+    mlflow_run_id = tracker.start(run_id, known, tags=tags, system_metrics=cfg.system_metrics)
     if "mlflow_run_id" not in info:
         tracker.log_params(flat_params(cfg))
         tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
+        log_datasets(tracker, pool, str((run_dir / "pool.parquet").resolve()))
         info |= {"run_id": run_id, "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri}
         write_json(info_file, info)
 

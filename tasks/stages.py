@@ -23,6 +23,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 from prefect.filesystems import LocalFileSystem
 
 from metis_core.failpoints import failpoint
@@ -186,7 +187,18 @@ def checkpoint(run_id: str, step: int) -> str:
         seconds = {"time/checkpoint_s": time.perf_counter() - started}
         run.tracker.log_metrics(seconds | {"time/iteration_s": run.iteration_seconds()}, step)
 
-    return str(policy.checkpoint(run, step, before_commit=log_times))
+    path = str(policy.checkpoint(run, step, before_commit=log_times))
+    # a deployment trigger can act on it (prefect.yaml: metis-eval/on-checkpoint)
+    emit_event(
+        event="metis.checkpoint.saved",
+        resource={
+            "prefect.resource.id": f"metis.run.{run_id}",
+            "prefect.resource.name": run_id,
+            "metis.step": str(step),
+            "metis.path": path,
+        },  # fmt: skip
+    )
+    return path
 
 
 @_always("log")

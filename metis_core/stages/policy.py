@@ -12,6 +12,7 @@ from metis_core.metrics import accuracy_metrics, spread_over_domains
 from metis_core.run import Run, read_json, trains_judge, write_json
 from metis_core.stages.curriculum import judgment_regex
 from metis_core.stages.generation import generate_for_rows, score_row
+from metis_core.tracking.registry import register_checkpoint
 from metis_core.trainer.policy_trainer import JudgmentBatch, RolloutBatch
 
 SYNC_PROBE = "Sync probe: 12 + 30 = 42."
@@ -122,6 +123,13 @@ def evaluate(run: Run, step: int) -> dict[str, float]:
     return accuracy_metrics(results, k, prefix="eval")
 
 
+def latest_heldout_accuracy(run: Run) -> float | None:
+    """The policy's most recent held-out avg@k (the steps table), None before any evaluation."""
+    key = f"eval/avg_at_{run.cfg.eval.samples}"
+    found = [m[key] for _, m in run.store.step_metrics(run.run_id) if key in m]
+    return float(found[-1]) if found else None
+
+
 def checkpoint(
     run: Run, step: int, keep: int = 2, before_commit: Callable[[], None] = lambda: None
 ) -> Path:
@@ -143,6 +151,9 @@ def checkpoint(
         }
         run.tracker.log_dict(manifest, f"checkpoints/{folder.name}.json")
         run.tracker.set_tag("metis.latest_checkpoint", manifest["hf_export"])
+        if run.cfg.register_checkpoints:
+            accuracy = latest_heldout_accuracy(run)
+            register_checkpoint(run.tracker, manifest["hf_export"], step, run.run_id, accuracy)
         before_commit()
 
     return checkpoints.write(run.checkpoint_dir, step, save, keep).path

@@ -16,9 +16,11 @@ loads, naming the URI.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,6 +46,25 @@ def _is_outage(error: Exception) -> bool:
     if isinstance(error, MlflowException):
         return error.error_code not in _NOT_AN_OUTAGE
     return isinstance(error, (OSError, ConnectionError, TimeoutError))
+
+
+KIND_TAG = "mlflow.experimentKind"
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's source tags for a new run: the entry point and, in a git checkout, the commit."""
+    tags = {"mlflow.source.name": "metis train", "mlflow.source.type": "LOCAL"}
+    repo = Path(__file__).resolve().parents[2]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        if len(commit) == 40:
+            tags["mlflow.source.git.commit"] = commit
+    return tags
 
 
 def default_tracking_uri(output_dir: str | Path) -> str:
@@ -81,23 +102,39 @@ class Tracker:
             )
         else:
             self.experiment_id = found.experiment_id
+        if found is None or KIND_TAG not in found.tags:  # else MLflow 3 opens its GenAI view
+            self.client.set_experiment_tag(self.experiment_id, KIND_TAG, "custom_model_development")
         self.run_id: str | None = None
+        self._monitor: Any = None
         self._logged_through: dict[str, int] = {}
         """metric -> the last step MLflow holds a value at."""
 
     def start(
-        self, run_name: str, run_id: str | None = None, tags: dict[str, str] | None = None
+        self,
+        run_name: str,
+        run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        system_metrics: bool = False,
     ) -> str:
-        """Start a new run, or reopen `run_id` (resume)."""
+        """Start a new run, or reopen `run_id` (resume); with `system_metrics`, MLflow samples
+        CPU, memory, disk (and GPU) every 10 s until `end`."""
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
             self.run_id = run_id
             latest = self.client.get_run(run_id).data.to_proto().metrics
             self._logged_through = {m.key: m.step for m in latest}
         else:
+            tags = {**source_tags(), **(tags or {})}
             self.run_id = self.client.create_run(
-                self.experiment_id, run_name=run_name, tags=tags or {}
+                self.experiment_id, run_name=run_name, tags=tags
             ).info.run_id
+        if system_metrics:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(
+                self.run_id, resume_logging=run_id is not None, tracking_uri=self.tracking_uri
+            )
+            self._monitor.start()
         return self.run_id
 
     def find(self, tag: str, value: str) -> str | None:
@@ -128,7 +165,7 @@ class Tracker:
     def _flush(self) -> None:
         while self._pending and time.monotonic() >= self._quiet_until:
             metrics, step = self._pending[0]
-            if not self._attempt(f"metrics of step {step}", self._log_now, metrics, step):
+            if not self.attempt(f"metrics of step {step}", self._log_now, metrics, step):
                 return
             self._pending.pop(0)
 
@@ -146,7 +183,7 @@ class Tracker:
             self.client.log_batch(self.run_id, metrics=chunk)
             self._logged_through.update((m.key, step) for m in chunk)  # a retry skips them
 
-    def _attempt(self, what: str, call: Callable[..., Any], *args: Any) -> bool:
+    def attempt(self, what: str, call: Callable[..., Any], *args: Any) -> bool:
         """call(*args), True if it went through; False (with a warning) when MLflow is out."""
         if time.monotonic() < self._quiet_until:
             log.warning("MLflow at %s is unreachable: %s skipped", self.tracking_uri, what)
@@ -168,10 +205,10 @@ class Tracker:
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
         text = json.dumps(data, indent=2, default=str)
-        self._attempt(artifact_file, self.client.log_text, self.run_id, text, artifact_file)
+        self.attempt(artifact_file, self.client.log_text, self.run_id, text, artifact_file)
 
     def log_table(self, rows: list[dict[str, Any]], artifact_file: str) -> None:
-        self._attempt(
+        self.attempt(
             artifact_file,
             lambda: self.client.log_table(
                 self.run_id, data=pd.DataFrame(rows), artifact_file=artifact_file
@@ -183,14 +220,18 @@ class Tracker:
             out = Path(tmp) / Path(artifact_file).name
             figure.savefig(out, dpi=110, bbox_inches="tight")
             folder = str(Path(artifact_file).parent) if "/" in artifact_file else None
-            self._attempt(artifact_file, self.client.log_artifact, self.run_id, str(out), folder)
+            self.attempt(artifact_file, self.client.log_artifact, self.run_id, str(out), folder)
 
     def set_tag(self, key: str, value: str) -> None:
-        self._attempt(f"tag {key}", self.client.set_tag, self.run_id, key, value)
+        self.attempt(f"tag {key}", self.client.set_tag, self.run_id, key, value)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is None:
             return
+        if self._monitor is not None:
+            with contextlib.suppress(Exception):  # its last sample must not mask the run's end
+                self._monitor.finish()
+            self._monitor = None
         self._quiet_until = 0.0  # one last try
         self._flush()
         if self._pending:
@@ -200,4 +241,4 @@ class Tracker:
                 self.tracking_uri,
                 self.pending_steps,
             )
-        self._attempt(f"status {status}", self.client.set_terminated, self.run_id, status)
+        self.attempt(f"status {status}", self.client.set_terminated, self.run_id, status)

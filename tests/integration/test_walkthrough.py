@@ -1,0 +1,193 @@
+"""docs/deployments.md's walkthrough, command by command, then what it promises: real Prefect and
+MLflow servers from `metis services up`, a process work pool, `prefect deploy --all` from
+prefect.yaml, the crash automation, a worker; a triggered tiny training run that is killed with
+SIGKILL and resumed without a person, reaching Completed; its checkpoint events triggering
+`metis-eval`; an active schedule creating its runs; the MLflow registry holding a version per
+checkpoint with the alias `best`; then the services stopped with no process left behind.
+
+Only the walkthrough's two settings are the test's own: METIS_OUT (a temporary folder) and
+METIS_OVERRIDES (the tiny model, three iterations)."""
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import duckdb
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows import services
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def walkthrough() -> list[str]:
+    """The bash lines of the block after `<!-- walkthrough -->` in docs/deployments.md."""
+    doc = (REPO / "docs" / "deployments.md").read_text()
+    block = re.search(r"<!-- walkthrough -->\n```bash\n(.*?)```", doc, re.S)
+    assert block, "docs/deployments.md lost its walkthrough block"
+    return [line for line in block.group(1).splitlines() if line and not line.startswith("#")]
+
+
+def api(url: str, path: str, body: dict | None = None):
+    request = urllib.request.Request(
+        f"{url}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def flow_runs(url: str, flow: str) -> list[dict]:
+    body = {"flows": {"name": {"any_": [flow]}}}
+    return api(url, "/flow_runs/filter", body)
+
+
+def engine_processes(group: int) -> list[int]:
+    """PIDs of flow-run processes (prefect.engine) in a process group."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"prefect.engine" in cmd and os.getpgid(int(pid)) == group:
+                found.append(int(pid))
+        except (OSError, ProcessLookupError):
+            continue
+    return found
+
+
+def wait_for(what: str, check, timeout: float, log: Path):
+    deadline = time.time() + timeout
+    while not (found := check()):
+        assert time.time() < deadline, f"timed out waiting for {what}:\n{log.read_text()[-3000:]}"
+        time.sleep(2)
+    return found
+
+
+def test_the_walkthrough_and_what_it_promises(tiny_model, tmp_path):
+    out = tmp_path / "runs"
+    overrides = [
+        f"output_dir={out}", f"model.path={tiny_model}", "model.dtype=float32", "steps=3",
+        "curriculum.batch_prompts=2", "curriculum.pool_multiplier=3", "rollout.n=4",
+        "eval.every=1", "eval.max_prompts=4", "eval.samples=2", "eval.audit_prompts=0",
+        "eval.at_start=false", "trainer.micro_batch_size=4", "checkpoint_every=1",
+    ]  # fmt: skip
+    lines = walkthrough()
+    script = ["set -euo pipefail"]
+    for line in lines:
+        if line.startswith("export METIS_OUT="):
+            line = f"export METIS_OUT={out}"
+        elif line.startswith("export METIS_OVERRIDES="):
+            line = f"export METIS_OVERRIDES='{json.dumps(overrides)}'"
+        script.append(line)
+    script.append("echo WORKER_PID=$!")  # the test stops the worker the walkthrough started
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env |= {"PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_HOME": str(tmp_path / "prefect-cli"),
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}  # fmt: skip
+    worker_group = None
+    try:
+        done = subprocess.run(
+            ["bash", "-c", "\n".join(script)], cwd=REPO, env=env, capture_output=True,
+            text=True, timeout=600, start_new_session=True,  # the worker: in the group of bash
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        worker_group = os.getpgid(int(re.search(r"WORKER_PID=(\d+)", done.stdout).group(1)))
+        state = json.loads((out / "services" / "services.json").read_text())
+        prefect_api, mlflow_url = f"{state['prefect']['url']}/api", state["mlflow"]["url"]
+        log = out / "services" / "worker.log"
+
+        # the run is killed after its first checkpoint and resumes by itself
+        wait_for(
+            "a checkpoint",
+            lambda: list(out.glob("*/checkpoints/step-000000/manifest.json")),
+            600,
+            log,
+        )
+        (engine,) = wait_for(
+            "the flow-run process", lambda: engine_processes(worker_group), 60, log
+        )
+        os.kill(engine, signal.SIGKILL)
+
+        def finished():
+            runs = flow_runs(prefect_api, "metis-train")
+            return runs if runs and runs[0]["state_type"] == "COMPLETED" else None
+
+        (train_run,) = wait_for("the training run to complete", finished, 900, log)
+        history = api(prefect_api, f"/flow_run_states/?flow_run_id={train_run['id']}")
+        assert {"Crashed", "AwaitingRetry"} <= {s["name"] for s in history}
+        (run_dir,) = [p for p in out.iterdir() if (p / "run.json").is_file()]
+        assert "continuing at step 1" in log.read_text()
+        con = duckdb.connect(str(run_dir / "history.duckdb"), read_only=True)
+        try:
+            rows = con.execute("SELECT step, count(*) FROM outcomes GROUP BY step ORDER BY step")
+            assert rows.fetchall() == [(0, 8), (1, 8), (2, 8)]
+        finally:
+            con.close()
+
+        # every checkpoint emitted its event; the trigger ran metis-eval on them
+        events = api(
+            prefect_api,
+            "/events/filter",
+            {"filter": {"event": {"name": ["metis.checkpoint.saved"]}}},
+        )
+        steps = {e["resource"]["metis.step"] for e in events["events"]}
+        assert steps == {"0", "1", "2"}, events
+
+        def completed():
+            runs = flow_runs(prefect_api, "metis-eval")
+            return [r for r in runs if r["state_type"] == "COMPLETED"]
+
+        evals = wait_for("a triggered evaluation", completed, 600, log)
+        assert evals[0]["parameters"]["checkpoint"].startswith(str(run_dir))
+
+        # artifacts a person reads in the Prefect UI
+        keys = {a["key"] for a in api(prefect_api, "/artifacts/filter", {})}
+        assert {f"metis-progress-{run_dir.name}", f"metis-summary-{run_dir.name}"} <= keys
+
+        # MLflow: one run (resumed, not restarted), a version per checkpoint, the alias best
+        client = MlflowClient(mlflow_url)
+        info = json.loads((run_dir / "run.json").read_text())
+        assert client.get_run(info["mlflow_run_id"]).info.status == "FINISHED"
+        versions = client.search_model_versions(f"name = '{run_dir.name}'")
+        assert sorted(v.tags["metis.step"] for v in versions) == ["0", "1", "2"]
+        assert client.get_model_version_by_alias(run_dir.name, "best") is not None
+
+        # an active schedule creates its runs
+        (nightly,) = [
+            d
+            for d in api(prefect_api, "/deployments/filter", {})
+            if d["name"] == "nightly-uniform-baseline"
+        ]
+        (schedule,) = nightly["schedules"]
+        api_patch = urllib.request.Request(
+            f"{prefect_api}/deployments/{nightly['id']}/schedules/{schedule['id']}",
+            data=json.dumps({"active": True}).encode(), method="PATCH",
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        urllib.request.urlopen(api_patch, timeout=10).close()
+        body = {"deployments": {"id": {"any_": [nightly["id"]]}}}
+        wait_for("scheduled runs", lambda: api(prefect_api, "/flow_runs/filter", body), 120, log)
+    finally:
+        if worker_group is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker_group, signal.SIGTERM)
+            time.sleep(5)  # the worker cancels its flow runs
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker_group, signal.SIGKILL)
+        services.down(out)
+    time.sleep(1)
+    assert services.status(out) == {"prefect": "down", "mlflow": "down"}
+    for entry in ("prefect", "mlflow"):
+        pid = state[entry]["pid"]
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
+        )
