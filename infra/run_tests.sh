@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 VENV=${METIS_VENV:-.venv}
 markers=${METIS_TEST_MARKERS-}
 "$VENV/bin/ruff" check . || exit 1
+# The walkthrough test takes screenshots with Debian's Chromium (infra/screenshots.py).
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 ||
+    echo "metis: could not install chromium; the walkthrough test will skip its screenshots"
+fi
 status=0
 if [ -n "$markers" ]; then
   "$VENV/bin/python" -m pytest tests -m "$markers" "$@" || status=$?

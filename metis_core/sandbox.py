@@ -83,23 +83,29 @@ def _root_plan() -> dict[str, object]:
     stdlib (site-packages, dist-packages, the repository, editable installs), where a bound
     directory holds it. Candidates import the standard library only; the tests' data, the
     repository and the run's files are not in their mount namespace."""
-    binds, links = [], []
+    binds, links = [], []  # binds: (source on the host, where the sandbox sees it)
     for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/usr", "/etc"):
         if os.path.islink(top):
             links.append((top, os.readlink(top)))
         elif os.path.isdir(top):
-            binds.append(top)
-    stdlib = os.path.realpath(sysconfig.get_paths()["stdlib"])
-    if not any(stdlib == b or stdlib.startswith(b + "/") for b in binds):
-        binds.append(stdlib)
+            binds.append((top, top))
     under = lambda p, roots: any(p == r or p.startswith(r + "/") for r in roots)  # noqa: E731
+    # the stdlib where the interpreter looks for it (its prefix may run through symlinks)
+    seen = os.path.abspath(sysconfig.get_paths()["stdlib"])
+    stdlib = os.path.realpath(seen)
+    for path in dict.fromkeys((seen, stdlib)):
+        if not under(path, [dst for _, dst in binds]):
+            binds.append((stdlib, path))
     dynload = os.path.join(stdlib, "lib-dynload")
     paths = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
     paths |= {os.path.realpath(p) for p in site.getsitepackages() + [site.getusersitepackages()]}
     paths |= {os.path.realpath(p) for pat in ("site-packages", "dist-packages")
               for p in glob.glob(f"/usr/lib/python3*/{pat}") + glob.glob(f"/usr/local/lib/python3*/{pat}")}  # fmt: skip
-    paths |= {os.path.join(stdlib, "site-packages"), str(Path(__file__).resolve().parents[1])}
-    hide = sorted(p for p in paths if p not in (stdlib, dynload) and under(p, binds))
+    paths |= {os.path.join(stdlib, "site-packages"), os.path.join(seen, "site-packages")}
+    paths.add(str(Path(__file__).resolve().parents[1]))
+    shown = [dst for _, dst in binds]
+    keep = (stdlib, seen, dynload, os.path.join(seen, "lib-dynload"))
+    hide = sorted(p for p in paths if p not in keep and under(p, shown))
     syscalls = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
     return {
         "binds": binds,

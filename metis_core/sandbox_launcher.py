@@ -176,9 +176,9 @@ def confine(libc, check, work, plan, uid):
     new = lambda p: work + p
     for link, target in plan["links"]:
         os.symlink(target, new(link))
-    for path in plan["binds"]:
+    for source, path in plan["binds"]:
         os.makedirs(new(path), 0o755, exist_ok=True)
-        mount(path, new(path), 4096 | 16384)  # MS_BIND | MS_REC
+        mount(source, new(path), 4096 | 16384)  # MS_BIND | MS_REC
     os.makedirs(new("/dev"), 0o755)
     for node in ("null", "zero", "random", "urandom"):
         open(new("/dev/" + node), "w").close()
@@ -285,7 +285,14 @@ def make_hook(work, me, plan):
 
     under = lambda p, top: p == top or p.startswith(top + "/")
     inside = lambda p: not isinstance(p, int_) and under(norm(p), work)
-    readable = (*plan["binds"], "/proc", "/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
+    readable = (
+        *(p for pair in plan["binds"] for p in pair),
+        "/proc",
+        "/dev/null",
+        "/dev/zero",
+        "/dev/random",
+        "/dev/urandom",
+    )
     hidden = tuple(plan["hide"])
 
     def at(p, fd):  # the path a dir_fd-relative call really acts on

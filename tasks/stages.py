@@ -57,8 +57,9 @@ CACHED = ("judge", "select", "rollout", "verify")
 def _cached(stage: str) -> Callable[[Callable[..., str]], Callable[..., str]]:
     def decorate(fn: Callable[..., str]) -> Callable[..., str]:
         cached = task(
-            name=stage, cache_key_fn=_step_cache_key(stage), persist_result=True, retries=0
-        )(fn)
+            name=stage, cache_key_fn=_step_cache_key(stage), persist_result=True, retries=0,
+            task_run_name=_run_name(stage),
+        )(fn)  # fmt: skip
 
         @functools.wraps(fn)
         def call(run_id: str, step: int, *args: Any) -> str:
@@ -79,7 +80,16 @@ def _result_storage(run_dir: str) -> LocalFileSystem:
 
 
 def _always(stage: str):
-    return task(name=stage, cache_policy=NO_CACHE, persist_result=False)
+    run_name = _run_name(stage) if stage != "plots" else stage
+    return task(name=stage, cache_policy=NO_CACHE, persist_result=False, task_run_name=run_name)
+
+
+def _run_name(stage: str) -> str:
+    """Task runs named after their iteration ("step-0003-judge"), so Prefect's UI lists and
+    groups them by step. (Not a subflow per iteration: Prefect 3.7 returns a completed subflow's
+    old state when its parent flow run is retried, which would skip the iterations a resumed
+    run must replay.)"""
+    return "step-{step:04d}-" + stage
 
 
 @contextmanager

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -49,6 +50,10 @@ def _is_outage(error: Exception) -> bool:
 
 
 KIND_TAG = "mlflow.experimentKind"
+
+
+def metric_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_./-]", "_", name)
 
 
 def source_tags() -> dict[str, str]:
@@ -153,8 +158,10 @@ class Tracker:
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        """Log at `step` (queued while MLflow is unreachable; see the module docstring)."""
-        self._pending.append((dict(metrics), step))
+        """Log at `step` (queued while MLflow is unreachable; see the module docstring). Names
+        keep only what every MLflow store accepts (letters, digits, `_ - . /`; a task named
+        `my task:v2` logs as `my_task_v2`)."""
+        self._pending.append(({metric_name(k): v for k, v in metrics.items()}, step))
         self._flush()
 
     @property

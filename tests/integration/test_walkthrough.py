@@ -12,8 +12,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -175,6 +177,21 @@ def test_the_walkthrough_and_what_it_promises(tiny_model, tmp_path):
         urllib.request.urlopen(api_patch, timeout=10).close()
         body = {"deployments": {"id": {"any_": [nightly["id"]]}}}
         wait_for("scheduled runs", lambda: api(prefect_api, "/flow_runs/filter", body), 120, log)
+
+        # the pages a person sees, as infra/screenshots.py takes them for docs/images
+        if shutil.which("chromium"):
+            shots = tmp_path / "shots"
+            subprocess.run(
+                [sys.executable, "infra/screenshots.py", "--run-dir", str(run_dir), "--out", str(shots)],
+                cwd=REPO, check=True, timeout=600, capture_output=True,
+            )  # fmt: skip
+            charts = (shots / "mlflow-run-charts.txt").read_text()
+            assert "train/reward_mean" in charts and "eval/avg_at_2" in charts
+            assert "best" in (shots / "mlflow-registered-model.txt").read_text()
+            prefect_page = (shots / "prefect-flow-run.txt").read_text()
+            assert all(stage in prefect_page for stage in ("judge", "rollout", "checkpoint"))
+            assert all((shots / f"{p}.png").stat().st_size > 10_000 for p in
+                       ("mlflow-run-charts", "mlflow-registered-model", "prefect-flow-run"))  # fmt: skip
     finally:
         if worker_group is not None:
             with contextlib.suppress(ProcessLookupError):

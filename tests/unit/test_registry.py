@@ -87,3 +87,9 @@ def test_experiment_kind_and_source_tags(tracker):
     tags = client.get_run(tracker.run_id).data.tags
     assert tags["mlflow.source.name"] == "metis train"
     assert len(tags["mlflow.source.git.commit"]) == 40  # the tests run from a git checkout
+
+
+def test_metric_names_are_valid_for_every_store(tracker):
+    tracker.log_metrics({"eval/my task:v2/avg_at_4": 0.5, "train/reward_mean": 0.25}, 3)
+    metrics = MlflowClient(tracker.tracking_uri).get_run(tracker.run_id).data.metrics
+    assert metrics == {"eval/my_task_v2/avg_at_4": 0.5, "train/reward_mean": 0.25}

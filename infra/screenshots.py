@@ -1,0 +1,153 @@
+"""Screenshots of a run as a person sees it: the MLflow run's charts, its registered model, and
+the Prefect flow run with its stage tasks and artifacts.
+
+Drives the system's headless Chromium (Debian's `chromium`) over the DevTools protocol: opens
+each page, waits until the page's text holds what it must show (then lets the charts settle),
+and writes PAGE.png plus PAGE.txt (the page's visible text, which the tests check):
+
+    .venv/bin/python infra/screenshots.py --run-dir runs/<run id> --out docs/images
+
+The run's MLflow run, experiment and registered model come from its run.json; the servers from
+`metis services` of the run's output folder (or --mlflow / --prefect).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+FLAGS = [  # what this machine's closed network needs (no background fetches, no QUIC)
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--hide-scrollbars", "--remote-debugging-port=0",
+]  # fmt: skip
+
+
+class Browser:
+    """One headless Chromium and a DevTools connection to its page."""
+
+    def __init__(self, width: int = 1500, height: int = 950) -> None:
+        from websockets.sync.client import connect
+
+        exe = shutil.which("chromium") or shutil.which("chromium-browser")
+        if exe is None:
+            raise SystemExit("screenshots need Chromium: apt-get install chromium")
+        self.profile = tempfile.mkdtemp(prefix="metis-chromium-")
+        self.proc = subprocess.Popen(
+            [exe, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        port_file = Path(self.profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + 60
+        while not port_file.is_file() or len(port_file.read_text().split()) < 2:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise SystemExit("Chromium did not start its DevTools endpoint")
+            time.sleep(0.2)
+        port = port_file.read_text().split()[0]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            page = next(t for t in json.loads(r.read()) if t["type"] == "page")
+        self.ws = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
+        self.next_id = 0
+        self.call("Emulation.setDeviceMetricsOverride",
+                  width=width, height=height, deviceScaleFactor=1, mobile=False)  # fmt: skip
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == self.next_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return dict(msg.get("result", {}))
+
+    def text(self) -> str:
+        js = "document.body ? document.body.innerText : ''"
+        found = self.call("Runtime.evaluate", expression=js, returnByValue=True)
+        return str(found.get("result", {}).get("value") or "")
+
+    def shoot(self, url: str, must_show: list[str], out: Path, settle: float = 4.0) -> str:
+        """Open `url`, wait (up to 90 s) until its text holds every string of `must_show`,
+        wait `settle` seconds more for charts, write out.png and out.txt; the text."""
+        self.call("Page.navigate", url=url)
+        deadline, text = time.monotonic() + 90, ""
+        while time.monotonic() < deadline:
+            text = self.text()
+            if all(s in text for s in must_show):
+                break
+            time.sleep(1)
+        time.sleep(settle)
+        text = self.text()
+        png = self.call("Page.captureScreenshot", format="png")["data"]
+        out.with_suffix(".png").write_bytes(base64.b64decode(png))
+        out.with_suffix(".txt").write_text(text)
+        missing = [s for s in must_show if s not in text]
+        if missing:
+            print(f"warning: {out.name}: the page does not show {missing}")
+        return text
+
+    def close(self) -> None:
+        self.ws.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def pages(run_dir: Path, mlflow: str, prefect: str) -> list[tuple[str, str, list[str]]]:
+    """(file name, URL, text it must show) for the run's three pages."""
+    from mlflow.tracking import MlflowClient
+
+    info = json.loads((run_dir / "run.json").read_text())
+    run = MlflowClient(mlflow).get_run(info["mlflow_run_id"])
+    exp, name = run.info.experiment_id, run_dir.name
+    with urllib.request.urlopen(
+        urllib.request.Request(
+            f"{prefect}/api/flow_runs/filter", method="POST",
+            data=json.dumps({"flows": {"name": {"any_": ["metis-train"]}}}).encode(),
+            headers={"Content-Type": "application/json"},
+        ), timeout=10,
+    ) as r:  # fmt: skip
+        flow_runs = json.loads(r.read())
+    mine = [f for f in flow_runs if name.endswith(f["id"][:4]) or f["name"] in name]
+    flow_run = (mine or flow_runs)[0]["id"]
+    return [
+        ("mlflow-run-charts", f"{mlflow}/#/experiments/{exp}/runs/{run.info.run_id}/model-metrics",
+         ["train/reward_mean", "eval/avg_at"]),
+        ("mlflow-registered-model", f"{mlflow}/#/models/{name}", [name, "best"]),
+        ("prefect-flow-run", f"{prefect}/runs/flow-run/{flow_run}", ["rollout", "checkpoint"]),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-dir", type=Path, required=True, help="the training run's folder")
+    parser.add_argument("--out", type=Path, default=Path("docs/images"))
+    parser.add_argument("--mlflow", default=None, help="MLflow server URL (default: services)")
+    parser.add_argument("--prefect", default=None, help="Prefect server URL (default: services)")
+    args = parser.parse_args()
+    state_file = args.run_dir.resolve().parent / "services" / "services.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    mlflow = args.mlflow or state.get("mlflow", {}).get("url")
+    prefect = args.prefect or state.get("prefect", {}).get("url")
+    if not mlflow or not prefect:
+        raise SystemExit("no MLflow/Prefect server: start them (metis services up) or pass URLs")
+    args.out.mkdir(parents=True, exist_ok=True)
+    browser = Browser()
+    try:
+        for file, url, must_show in pages(args.run_dir.resolve(), mlflow, prefect):
+            browser.shoot(url, must_show, args.out / file)
+            print(f"{args.out / file}.png  <- {url}")
+    finally:
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
