@@ -144,7 +144,8 @@ def snapshot(run_dir: Path) -> dict[str, Any]:
 
 
 def mlflow_values(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """metric -> (step, value) of every value MLflow holds for it, sorted."""
+    """metric -> (step, value) of every value MLflow holds for it, sorted; MLflow's system
+    metrics (the machine's load, sampled every 10 s, not part of the run's record) left out."""
     from mlflow.tracking import MlflowClient
 
     info = json.loads((run_dir / "run.json").read_text())
@@ -155,6 +156,7 @@ def mlflow_values(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
             (m.step, m.value) for m in client.get_metric_history(info["mlflow_run_id"], key)
         )
         for key in keys
+        if not key.startswith("system/")
     }
 
 
