@@ -141,7 +141,7 @@ def summarise(comparison: dict, target: float | None) -> dict:
         {f"{s}/{k}": v for s, row in table.items() for k, v in row.items()} | {"target": goal}, 0
     )
     tracker.log_dict(json.loads((out / "comparison.json").read_text()), "comparison.json")
-    tracker.client.log_text(tracker.run_id, markdown, "comparison.md")
+    tracker.log_text(markdown, "comparison.md")
     tracker.log_figure(figure, "comparison.png")
     return {"target": goal, "table": table}
 
@@ -149,7 +149,7 @@ def summarise(comparison: dict, target: float | None) -> dict:
 def _end_parent(comparison: dict, status: str) -> None:
     out = Path(comparison["dir"])
     tracker = _tracker(RunConfig.model_validate(read_json(out / PLAN_FILE)["config"]), out)
-    tracker.run_id = comparison["mlflow_run_id"]
+    tracker.attach(comparison["mlflow_run_id"])
     tracker.end(status)
 
 

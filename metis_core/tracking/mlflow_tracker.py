@@ -210,6 +210,14 @@ class Tracker:
             return False
         return True
 
+    def attach(self, run_id: str) -> None:
+        """Log into an existing run (a training run that an evaluation adds to) without
+        changing its status."""
+        self.run_id = run_id
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.attempt(artifact_file, self.client.log_text, self.run_id, text, artifact_file)
+
     def log_dict(self, data: Any, artifact_file: str) -> None:
         text = json.dumps(data, indent=2, default=str)
         self.attempt(artifact_file, self.client.log_text, self.run_id, text, artifact_file)

@@ -7,8 +7,17 @@ import time
 import pandas as pd
 import pytest
 
-from tests.conftest import kill_group, mlflow_run, run_metis, set_args, start_metis
-from tests.integration.test_train_flow import B, M, N, tiny_overrides
+from tests.conftest import (
+    B,
+    M,
+    N,
+    kill_group,
+    mlflow_run,
+    run_metis,
+    set_args,
+    start_metis,
+    tiny_overrides,
+)
 
 pytestmark = pytest.mark.slow
 

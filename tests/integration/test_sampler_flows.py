@@ -6,8 +6,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import mlflow_run, only_run_dir, run_metis, set_args
-from tests.integration.test_train_flow import B, M, N, tiny_overrides
+from tests.conftest import B, M, N, mlflow_run, only_run_dir, run_metis, set_args, tiny_overrides
 
 pytestmark = pytest.mark.integration
 

@@ -6,36 +6,9 @@ import duckdb
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import mlflow_run, only_run_dir, run_metis, set_args
+from tests.conftest import B, M, N, mlflow_run, only_run_dir, run_metis, set_args, tiny_overrides
 
 pytestmark = pytest.mark.integration
-
-B, N, M = 2, 4, 3
-
-
-def tiny_overrides(model, out, steps=2, extra=()):
-    return [
-        f"model.path={model}",
-        "model.dtype=float32",
-        f"steps={steps}",
-        f"output_dir={out}",
-        f"curriculum.batch_prompts={B}",
-        f"curriculum.pool_multiplier={M}",
-        f"rollout.n={N}",
-        "eval.every=1",
-        "eval.max_prompts=4",
-        "eval.samples=2",
-        "trainer.micro_batch_size=4",
-        "trainer.lr=1e-3",
-        "checkpoint_every=1",
-        "judge.lam=0.5",
-        "rollout.top_p=0.8",  # the trainer must cut the same nucleus, or the gap check stops it
-        "eval.audit_prompts=6",
-        # the paper's memory and scores here; the defaults (retrieved, expected) in test_mixed_flow
-        "judge.memory=recent",
-        "judge.scoring=sampled",
-        *extra,
-    ]
 
 
 @pytest.fixture(scope="module")

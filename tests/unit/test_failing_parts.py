@@ -122,11 +122,10 @@ def test_the_scoring_process_kills_hangs_reports_errors_and_restarts():
         with pytest.raises(ScoringFailed, match=r"died \(exit code 3\)"):
             worker.call("os:_exit", 3)
         assert worker.call("builtins:print", "stray output") is None  # cannot corrupt answers
-        start = time.monotonic()
+        child = worker._proc
         for i in range(200):
             assert worker.call("math:sqrt", float(i * i)) == i
-        per_call = (time.monotonic() - start) / 200
-        assert per_call < 0.02, f"{per_call * 1000:.2f} ms per call"  # measured ~0.05 ms
+        assert worker._proc is child  # one long-lived child serves every call, not one each
     finally:
         worker.close()
 

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 from functools import cache
 
 import pytest
@@ -261,11 +260,10 @@ def test_garbage_scores_zero_without_raising(garbage):
     assert score(row, garbage) == (0.0, 0.0)
 
 
-def test_scores_a_batch_quickly():
+def test_scores_a_batch():
     row = rows_by_id("parallel")["parallel_0"]
-    start = time.perf_counter()
     scores = bfcl_reward([render(row)] * 64 + ["junk"] * 64, mode="continuous", **row)
-    assert scores == [1.0] * 64 + [0.0] * 64 and time.perf_counter() - start < 2
+    assert scores == [1.0] * 64 + [0.0] * 64
 
 
 def test_unknown_mode_raises():

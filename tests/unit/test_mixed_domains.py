@@ -149,4 +149,11 @@ def test_mixed_pool_has_every_domain_with_its_scorer():
         assert {r["split"] for r in rows if r["domain"] == domain} == {"train", "heldout"}
     # the length filter left out long BFCL prompts (about 4 characters a token here)
     assert max(len(r["prompt"]) // 4 for r in rows) <= cfg.data.max_prompt_tokens
-    assert sum(r["task"] == "bfcl_live_multiple" for r in rows) < 1051
+    # ... and only those: every live_multiple prompt at or under the limit is in the pool
+    from metis_core.domains.function_calling import bfcl_rows
+
+    fits = [
+        r for r in bfcl_rows("live_multiple") if len(r["prompt"]) // 4 <= cfg.data.max_prompt_tokens
+    ]
+    kept = sum(r["task"] == "bfcl_live_multiple" for r in rows)
+    assert 0 < kept == len(fits) < 1051

@@ -10,7 +10,6 @@ import secrets
 import socket
 import stat
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,16 +189,14 @@ def test_memory_bomb_is_stopped(mode: str, program: str) -> None:
     assert r.reason is not None and "memory" in r.reason.lower()
 
 
-def test_printing_gigabytes_ends_fast(mode: str) -> None:
-    limits = SandboxLimits(wall_seconds=30, output_bytes=4096)
-    start = time.monotonic()
+def test_printing_gigabytes_is_stopped_by_the_output_cap(mode: str) -> None:
+    limits = SandboxLimits(wall_seconds=30, output_bytes=4096)  # not by the wall clock
     r = _run(
         "import sys\nwhile True:\n    sys.stdout.write('x' * 10**6)\n",
         ["assert True"],
         mode,
         limits,
     )
-    assert time.monotonic() - start < 5
     assert r.passed == [False]
     assert r.reason == "output limit exceeded (more than 4096 bytes)"
     assert len(r.stdout) <= 4096
