@@ -3,15 +3,18 @@
 B=8 prompts of 43 tokens with n=8 completions each (lengths drawn from 3-6 tokens with one in six
 at 24, as seen on the default pool), plus 8 judgments sharing a 240-token instruction+memory
 prefix with a 42-token candidate and a 7-token judgment. Prints the time of each step and of its
-forward, backward and optimiser parts.
+forward, backward and optimiser parts, and the process's peak RSS at the end. `--shape bfcl`:
+rows like the mixed config's function-calling ones instead (700-token prompts, 60-token calls).
 
     .venv/bin/python bench/update_step.py --steps 5 --set precision=fp32
+    .venv/bin/python bench/update_step.py --steps 2 --shape bfcl --set micro_batch_tokens=8192
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import resource
 import sys
 import time
 from pathlib import Path
@@ -24,6 +27,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--shape", choices=["default", "bfcl"], default="default")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="TRAINER_KEY=VALUE"
     )
@@ -46,12 +50,15 @@ def main() -> None:
     def tokens(k: int) -> list[int]:
         return [rng.randrange(1000, 40000) for _ in range(k)]
 
+    prompt_len, response_lens = (
+        (43, [3, 4, 4, 5, 6, 24]) if args.shape == "default" else (700, [60])
+    )
     prompts, responses = [], []
     for _ in range(8):
-        prompt = tokens(43)
+        prompt = tokens(prompt_len)
         for _ in range(8):
             prompts.append(prompt)
-            responses.append(tokens(rng.choice([3, 4, 4, 5, 6, 24])))
+            responses.append(tokens(rng.choice(response_lens)))
     shared = tokens(240)
     rollouts = RolloutBatch(prompts, responses, [rng.uniform(-0.5, 0.5) for _ in prompts])
     judgments = JudgmentBatch(
@@ -81,6 +88,8 @@ def main() -> None:
             f"step {step}: {time.perf_counter() - start:.2f} s  "
             + "  ".join(f"{k} {v:.2f} s" for k, v in parts.items())
         )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    print(f"peak RSS {peak:.2f} GiB")
 
 
 if __name__ == "__main__":

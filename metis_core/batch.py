@@ -204,8 +204,19 @@ def response_values(loss_mask: torch.Tensor, values: Sequence[Sequence[float]]) 
     return out.masked_scatter(mask, torch.tensor(flat, dtype=torch.float32))
 
 
-def micro_batches(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+def micro_batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> list[slice]:
+    """Consecutive rows cut into micro-batches of at most `max_rows` rows and `max_tokens`
+    padded tokens (rows x the longest row's length: what a forward pass holds in logits and
+    activations); a row longer than `max_tokens` alone is one micro-batch."""
+    out, start, longest = [], 0, 0
+    for i, length in enumerate(lengths):
+        longest = max(longest, length)
+        if i > start and (i - start >= max_rows or (i - start + 1) * longest > max_tokens):
+            out.append(slice(start, i))
+            start, longest = i, length
+    if lengths:
+        out.append(slice(start, len(lengths)))
+    return out
 
 
 def _check(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> None:

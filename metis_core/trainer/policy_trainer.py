@@ -258,7 +258,8 @@ class PolicyTrainer:
         the loss mask."""
         masks = self._bitmasks(responses, regexes)
         packs = []
-        for s in micro_batches(len(prompts), self.cfg.micro_batch_size):
+        lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
+        for s in micro_batches(lengths, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens):
             mb = pack_grouped(
                 prompts[s], responses[s], self.pad_id, None if masks is None else masks[s]
             )

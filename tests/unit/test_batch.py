@@ -27,9 +27,27 @@ def test_weighted_micro_batches_reproduce_whole_batch_aggregation():
         parts = sum(
             agg_loss(loss[s], mask[s], mode, max_tokens=5)
             * micro_batch_weight(mask[s], float(mask.sum()), 7, mode)
-            for s in micro_batches(7, 3)
+            for s in micro_batches([5] * 7, 3, 10_000)
         )
         assert torch.isclose(whole, parts), mode
+
+
+def test_micro_batches_are_bounded_by_rows_and_by_padded_tokens():
+    spans = lambda cuts: [(s.start, s.stop) for s in cuts]  # noqa: E731
+    assert spans(micro_batches([5] * 7, 3, 10_000)) == [(0, 3), (3, 6), (6, 7)]
+    # 100-token rows, 250 tokens: two rows fit, a third would pad to 300
+    assert spans(micro_batches([100] * 5, 64, 250)) == [(0, 2), (2, 4), (4, 5)]
+    # one long row among short ones: it pads its neighbours, so it is cut off from them
+    assert spans(micro_batches([10, 10, 10, 200, 10, 10], 64, 300)) == [(0, 3), (3, 4), (4, 6)]
+    # a row longer than the bound is a micro-batch of its own, never dropped
+    assert spans(micro_batches([10, 900, 10], 64, 300)) == [(0, 1), (1, 2), (2, 3)]
+    assert micro_batches([], 4, 100) == []
+    for lengths in ([7, 3, 9, 1, 4, 4, 12, 2], [50] * 9):
+        cuts = micro_batches(lengths, 4, 40)
+        assert [i for s in cuts for i in range(s.start, s.stop)] == list(range(len(lengths)))
+        for s in cuts:
+            rows = lengths[s]
+            assert len(rows) <= 4 and (len(rows) == 1 or len(rows) * max(rows) <= 40)
 
 
 def test_length_buckets_minimise_padding():
