@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -186,37 +186,50 @@ class OutcomeStore:
     ) -> list[tuple[str, float, int]]:
         """(prompt text, realised variance, step) of the most recent trained prompts (of one
         domain, if given), newest first."""
+        sql = f"""
+            SELECT p.prompt, {_VARIANCE.format(x="o.reward")} AS v, o.step
+            FROM outcomes o JOIN prompts p USING (prompt_id)
+            WHERE o.run_id = ? AND o.step >= ? AND o.step < ? AND (? IS NULL OR p.domain = ?)
+            GROUP BY o.step, o.prompt_id, p.prompt
+            ORDER BY o.step DESC, o.prompt_id
+            LIMIT ?
+        """
+        return self._recent(
+            sql, lambda lo: [run_id, lo, before_step, domain, domain, limit], before_step, limit
+        )
+
+    def _recent(
+        self, sql: str, params: Callable[[int], list[Any]], before_step: int, limit: int
+    ) -> list[tuple[Any, ...]]:
+        """`sql` (newest first, LIMIT `limit`) over a window of the last steps before
+        `before_step`, widened fourfold until it holds `limit` rows or reaches step 0. The same
+        rows as over the whole history (everything outside a window is older than everything
+        in it), but the cost follows the window, not the run's length: rows are stored in step
+        order, so DuckDB's zone maps skip the rest."""
+        span = 16
         with self._connect() as con:
-            return con.execute(
-                f"""
-                SELECT p.prompt, {_VARIANCE.format(x="o.reward")} AS v, o.step
-                FROM outcomes o JOIN prompts p USING (prompt_id)
-                WHERE o.run_id = ? AND o.step < ? AND (? IS NULL OR p.domain = ?)
-                GROUP BY o.step, o.prompt_id, p.prompt
-                ORDER BY o.step DESC, o.prompt_id
-                LIMIT ?
-                """,
-                [run_id, before_step, domain, domain, limit],
-            ).fetchall()
+            while True:
+                lo = before_step - span
+                rows = con.execute(sql, params(lo if lo > 0 else -(2**31))).fetchall()
+                if len(rows) >= limit or lo <= 0:
+                    return rows
+                span *= 4
 
     def past_outcomes(
         self, run_id: str, before_step: int, limit: int
     ) -> list[tuple[str, str, str, str, str, int, float]]:
         """(prompt_id, prompt, task, difficulty, domain, step, realised variance) of the `limit`
         most recently trained prompts before `before_step`, newest first."""
-        with self._connect() as con:
-            return con.execute(
-                f"""
-                SELECT o.prompt_id, p.prompt, p.task, p.difficulty, p.domain, o.step,
-                       {_VARIANCE.format(x="o.reward")} AS v
-                FROM outcomes o JOIN prompts p USING (prompt_id)
-                WHERE o.run_id = ? AND o.step < ?
-                GROUP BY o.step, o.prompt_id, p.prompt, p.task, p.difficulty, p.domain
-                ORDER BY o.step DESC, o.prompt_id
-                LIMIT ?
-                """,
-                [run_id, before_step, limit],
-            ).fetchall()
+        sql = f"""
+            SELECT o.prompt_id, p.prompt, p.task, p.difficulty, p.domain, o.step,
+                   {_VARIANCE.format(x="o.reward")} AS v
+            FROM outcomes o JOIN prompts p USING (prompt_id)
+            WHERE o.run_id = ? AND o.step >= ? AND o.step < ?
+            GROUP BY o.step, o.prompt_id, p.prompt, p.task, p.difficulty, p.domain
+            ORDER BY o.step DESC, o.prompt_id
+            LIMIT ?
+        """
+        return self._recent(sql, lambda lo: [run_id, lo, before_step, limit], before_step, limit)
 
     def prompt_stats(self, run_id: str, last_n: int = 10) -> pd.DataFrame:
         """Per prompt: mean and variance of its last `last_n` rewards, rows and steps seen."""

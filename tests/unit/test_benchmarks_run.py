@@ -16,3 +16,15 @@ def test_roofline_runs():
     assert [r[2] for r in rows] == ["float32", "bfloat16"]
     assert all(float(r[-1]) > 0 for r in rows)
     assert "bf16 / fp32 matmul rate" in done.stdout
+
+
+def test_history_scale_runs(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "bench/history_scale.py", "--outcomes", "6400", "--judgments", "800",
+         "--repeat", "1", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "steps 0..99" in done.stdout
+    timed = [line for line in done.stdout.splitlines() if line.startswith(("memory", "record"))]
+    assert len(timed) == 4 and all(float(line.split()[-1]) > 0 for line in timed)

@@ -111,3 +111,38 @@ def test_constant_continuous_rewards_have_zero_variance_in_queries(store):
     recent = {prompt: v for prompt, v, _ in store.recent_variances("r", 1, 10)}
     assert recent["text a"] == 0.0
     assert recent["text b"] > 0.0
+
+
+def test_memory_queries_over_a_window_equal_the_whole_history(tmp_path):
+    """The windowed queries (widened until they hold `limit` rows) return what a scan of the
+    whole history returns: a long run, a rare domain that forces widening, a limit larger than
+    all of it."""
+    s = OutcomeStore(tmp_path / "history.duckdb")
+    prompts = [f"p{i}" for i in range(40)]
+    s.add_prompts(
+        [{"prompt_id": p, "prompt": f"text {p}", "answer": "1", "task": f"t{i % 3}",
+          "difficulty": "d", "domain": "code" if i == 7 else "math"} for i, p in enumerate(prompts)]
+    )  # fmt: skip
+    s.record_outcomes(
+        [row for step in range(300) for j in range(4)
+         for row in outcome_rows("r", step, prompts[(step * 4 + j) % 40],
+                                 [(step + j) % 2, int((step * j) % 3 == 0)])]
+    )  # fmt: skip
+
+    def full_scan(before, limit, domain=None):
+        with s._connect() as con:
+            return con.execute(
+                """SELECT p.prompt, CASE WHEN var_pop(o.reward) <= 1e-9 THEN 0.0 ELSE var_pop(o.reward) END, o.step
+                   FROM outcomes o JOIN prompts p USING (prompt_id)
+                   WHERE o.run_id = 'r' AND o.step < ? AND (? IS NULL OR p.domain = ?)
+                   GROUP BY o.step, o.prompt_id, p.prompt ORDER BY o.step DESC, o.prompt_id LIMIT ?""",
+                [before, domain, domain, limit],
+            ).fetchall()  # fmt: skip
+
+    for before, limit, domain in [(300, 8, None), (300, 64, "code"), (250, 5000, None),
+                                  (20, 64, "code"), (3, 2, None), (0, 8, None)]:  # fmt: skip
+        assert s.recent_variances("r", before, limit, domain) == full_scan(before, limit, domain)
+    past = s.past_outcomes("r", 300, 100)
+    assert [(p[0], p[5]) for p in past] == [(p, st) for p, st in sorted(
+        {(prompts[(st * 4 + j) % 40], st) for st in range(300) for j in range(4)},
+        key=lambda x: (-x[1], x[0]))][:100]  # fmt: skip
