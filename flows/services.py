@@ -12,6 +12,7 @@ the services while they answer (`service_environment`) and fall back to the embe
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -100,6 +101,24 @@ def _stop(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def _postgres_root(folder: Path) -> Path:
+    """Where the cluster lives: `folder/postgres`, or, as root when the `postgres` user cannot
+    reach that folder (a private parent such as pytest's), a fixed folder under /var/tmp that
+    `folder/postgres` links to."""
+    root = folder / "postgres"
+    if os.geteuid() != 0 or root.is_symlink():
+        return root.resolve()
+    reach = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(folder)])
+    if reach.returncode == 0:
+        return root
+    private = (
+        Path("/var/tmp") / f"metis-postgres-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}"
+    )
+    private.mkdir(parents=True, exist_ok=True)
+    root.symlink_to(private)
+    return private
+
+
 def _postgres(root: Path, host: str) -> tuple[str, int]:
     """Initialise (once) and start a PostgreSQL cluster under `root`; its connection URL, pid.
     PostgreSQL refuses to run as root, so as root it runs as the `postgres` user."""
@@ -145,7 +164,7 @@ def up(
                "PREFECT_UI_API_URL": f"{url}/api", "PREFECT_API_URL": f"{url}/api"}  # fmt: skip
         entry: dict[str, object] = {"url": url, "log": str(folder / "prefect.log")}
         if database == "postgres":
-            db_url, db_pid = _postgres(folder / "postgres", host)
+            db_url, db_pid = _postgres(_postgres_root(folder), host)
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = db_url
             entry |= {"database": db_url, "database_pid": db_pid}
         else:
@@ -182,7 +201,7 @@ def down(output_dir: str | Path) -> list[str]:
         _stop(int(str(entry["pid"])))
     db = state.get("prefect", {}).get("database_pid")
     if db:  # after Prefect: a smart shutdown waits for its connections
-        data = _dir(output_dir) / "postgres" / "data"
+        data = (_dir(output_dir) / "postgres").resolve() / "data"
         as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         pg_ctl = shutil.which("pg_ctl") or "pg_ctl"
         subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"],

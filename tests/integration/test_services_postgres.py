@@ -55,6 +55,9 @@ def test_prefect_on_postgres(tmp_path):
         assert status.returncode == 0 and f"export PREFECT_API_URL={api}" in status.stdout
     finally:
         services.down(out)
+        cluster = (out / "services" / "postgres").resolve()
+        if cluster != (out / "services" / "postgres"):  # root: the cluster lived in /var/tmp
+            shutil.rmtree(cluster, ignore_errors=True)
     pids = [state["prefect"]["pid"], state["mlflow"]["pid"], state["prefect"]["database_pid"]]
     assert _pids_alive(*pids) == []
     assert services.status(out) == {"prefect": "down", "mlflow": "down"}
