@@ -1,5 +1,6 @@
 """Two METIS iterations through real vLLM, DeepSpeed, DuckDB, MLflow and Prefect on a tiny Llama."""
 
+import re
 import sqlite3
 
 import duckdb
@@ -137,11 +138,14 @@ def test_prefect_saw_every_stage(trained):
     db = trained["tmp"] / "prefect" / "prefect.db"
     con = sqlite3.connect(db)
     try:
-        names = {row[0].rsplit("-", 1)[0] for row in con.execute("SELECT name FROM task_run")}
+        runs = [row[0] for row in con.execute("SELECT name FROM task_run")]
         flows = [row[0] for row in con.execute("SELECT name FROM flow")]
     finally:
         con.close()
     assert "metis-train" in flows
+    # stage task runs are named after their iteration ("step-0001-judge", "step--001-evaluate")
+    names = {re.sub(r"^step--?\d+-", "", n) for n in runs if n.startswith("step-")}
+    assert "step-0000-judge" in runs and "step--001-evaluate" in runs
     assert {
         "history",
         "judge",
