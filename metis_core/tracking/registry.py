@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,9 @@ def _log_datasets(tracker: Tracker, pool: Any, pool_path: str) -> None:
     inputs = []
     for split, context in (("train", "training"), ("heldout", "evaluation")):
         part = frame[frame["split"] == split][keep] if "split" in frame else frame[keep]
-        dataset = mlflow.data.from_pandas(part, source=pool_path, name=f"pool-{split}")
+        with warnings.catch_warnings():  # MLflow registers its local source class twice
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(part, source=pool_path, name=f"pool-{split}")
         tag = InputTag("mlflow.data.context", context)
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[tag]))
     tracker.client.log_inputs(tracker.run_id or "", datasets=inputs)
