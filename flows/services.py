@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -191,7 +192,21 @@ def up(
                 down(output_dir)
                 raise ServiceError(f"{name} did not start; see {state[name]['log']}")
             time.sleep(0.5)
+    _machine_limit(f"{state['prefect']['url']}/api")
     return state
+
+
+def _machine_limit(api: str, name: str = "metis-machine") -> None:
+    """The global concurrency limit training runs take a slot of (flows/train.py): one run of
+    metis at a time on this machine. Kept if it exists (a user may have raised it)."""
+    body = json.dumps({"name": name, "limit": 1, "active": True}).encode()
+    request = urllib.request.Request(f"{api}/v2/concurrency_limits/", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        urllib.request.urlopen(request, timeout=30).close()
+    except urllib.error.HTTPError as err:
+        if err.code != 409:  # 409: it exists
+            raise ServiceError(f"could not create the concurrency limit {name}: {err}") from err
 
 
 def down(output_dir: str | Path) -> list[str]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
 import signal
 import threading
@@ -135,8 +137,24 @@ def train(
     if is_finished(run_dir):
         tqdm.write(f"metis: {run_dir.name} already finished all its steps; nothing to do")
         return str(run_dir)
-    with _StopRequest() as stop:
+    with _StopRequest() as stop, _machine_slot():
         return _train(run_dir, stop)
+
+
+MACHINE_LIMIT = "metis-machine"
+
+
+def _machine_slot() -> contextlib.AbstractContextManager[object]:
+    """On a Prefect server with the global concurrency limit `metis-machine` (`metis services
+    up` makes it, limit 1), a training run waits for its slot, so two runs never share one
+    machine's cores or accelerator by accident; the lease lapses 60 s after a crashed run. No
+    limit on the server, or a temporary server: no waiting."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return contextlib.nullcontext()
+    from prefect.concurrency.sync import concurrency
+
+    return concurrency(MACHINE_LIMIT, occupy=1, strict=False, lease_duration=60,
+                       raise_on_lease_renewal_failure=False)  # fmt: skip
 
 
 def _train(run_dir: Path, stop: _StopRequest) -> str:

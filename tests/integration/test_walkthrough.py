@@ -156,6 +156,10 @@ def test_the_walkthrough_and_what_it_promises(tiny_model, tmp_path):
         evals = wait_for("a triggered evaluation", completed, 600, log)
         assert evals[0]["parameters"]["checkpoint"].startswith(str(run_dir))
 
+        # one training run at a time on this machine: the global concurrency limit
+        limits = api(prefect_api, "/v2/concurrency_limits/filter", {})
+        assert [(x["name"], x["limit"]) for x in limits] == [("metis-machine", 1)]
+
         # artifacts a person reads in the Prefect UI
         keys = {a["key"] for a in api(prefect_api, "/artifacts/filter", {})}
         assert {f"metis-progress-{run_dir.name}", f"metis-summary-{run_dir.name}"} <= keys
