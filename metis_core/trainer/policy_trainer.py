@@ -118,6 +118,16 @@ def init_single_process_distributed() -> None:
     _forget_destroyed_groups()
 
 
+def across_ranks(values: list[float]) -> tuple[list[float], int]:
+    """Sums of `values` over the data-parallel ranks, and how many ranks there are (1 and the
+    values themselves in a single process)."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return values, 1
+    summed = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(summed)
+    return summed.tolist(), torch.distributed.get_world_size()
+
+
 def _forget_destroyed_groups() -> None:
     """vLLM's in-process engine destroys torch.distributed's process groups when it shuts down,
     behind DeepSpeed's back, and DeepSpeed keeps its clone of the world group. A trainer made after
@@ -284,8 +294,14 @@ class PolicyTrainer:
             rollouts.prompt_ids, rollouts.response_ids, rollouts.regexes, rollouts.engine_logprobs
         )
         advantages = torch.tensor(rollouts.advantages, dtype=torch.float32)
-        n_seq = len(rollouts.prompt_ids)
-        total_tokens = sum(float(mb.loss_mask.sum()) for _, mb, _ in packs)
+        # data parallel: each rank holds a share of the batch; the loss is normalised by the whole
+        # batch's tokens and rows, and scaled by the world size that DeepSpeed averages over
+        local = [
+            sum(float(mb.loss_mask.sum()) for _, mb, _ in packs),
+            float(len(rollouts.prompt_ids)),
+        ]
+        (total_tokens, n_rows), world = across_ranks(local)
+        n_seq = int(n_rows)
         judge_packs = None
         if judgments is not None and lam > 0 and judgments.prompt_ids:
             judge_packs = self._pack(
@@ -328,7 +344,7 @@ class PolicyTrainer:
                     )
                     sums["kl"] += kl.item()
                     loss = loss + cfg.kl_coef * kl
-                self.engine.backward(loss, scale_wrt_gas=False)
+                self.engine.backward(loss * world, scale_wrt_gas=False)
             if epoch == 0:
                 metrics |= summarize_mismatch(mismatch, "mismatch", self.max_logprob_gap)
                 if judge_packs is not None:  # on-policy: the first epoch only
@@ -351,7 +367,8 @@ class PolicyTrainer:
         # judge temperature, and the constraint's mask when judgments are constrained
         # (docs/metis.md). Sequence-level TIS: one weight per judgment.
         rewards = torch.tensor(judgments.rewards, dtype=torch.float32)
-        n = len(judgments.prompt_ids)
+        (n_rows,), world = across_ranks([float(len(judgments.prompt_ids))])
+        n = int(n_rows)
         total, mismatch = 0.0, []
         for s, mb, engine_lp in packs:
             mask = mb.loss_mask.to(self.device)
@@ -368,7 +385,7 @@ class PolicyTrainer:
             loss = judge_loss(seq_logprob, rewards[s].to(self.device), judgments.baseline, weights)
             loss = loss * ((s.stop - s.start) / n)
             total += loss.item()
-            self.engine.backward(lam * loss, scale_wrt_gas=False)
+            self.engine.backward(lam * loss * world, scale_wrt_gas=False)
         return {"judge_loss": total} | summarize_mismatch(
             mismatch, "mismatch/judge", self.max_logprob_gap
         )
