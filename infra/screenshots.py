@@ -74,10 +74,55 @@ class Browser:
         found = self.call("Runtime.evaluate", expression=js, returnByValue=True)
         return str(found.get("result", {}).get("value") or "")
 
-    def shoot(self, url: str, must_show: list[str], out: Path, settle: float = 4.0) -> str:
-        """Open `url`, wait (up to 90 s) until its text holds every string of `must_show`,
-        wait `settle` seconds more for charts, write out.png and out.txt; the text."""
+    def click(self, label: str) -> bool:
+        """Click, as a mouse would, the innermost visible element whose text is `label` (a tab,
+        a toggle); True if there was one."""
+        js = (
+            "(() => { const e = [...document.querySelectorAll('button, a, li, [role=tab], span, div')]"
+            f".filter(x => x.innerText && x.innerText.trim() === {json.dumps(label)}"
+            " && x.getBoundingClientRect().width > 0).pop();"
+            " if (!e) return null; e.scrollIntoView({block: 'center'});"
+            " const r = e.getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2] })()"
+        )
+        found = self.call("Runtime.evaluate", expression=js, returnByValue=True)
+        point = found.get("result", {}).get("value")
+        if not point:
+            return False
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=point[0], y=point[1],
+                      button="left", clickCount=1)  # fmt: skip
+        return True
+
+    def type_into(self, placeholder: str, text: str) -> bool:
+        """Type `text` into the input with this placeholder; True if there is one."""
+        js = f"(() => {{ const e = document.querySelector('input[placeholder={json.dumps(placeholder)}]');"
+        js += " if (e) { e.focus(); return true } return false })()"
+        found = self.call("Runtime.evaluate", expression=js, returnByValue=True)
+        if found.get("result", {}).get("value"):
+            self.call("Input.insertText", text=text)
+            return True
+        return False
+
+    def shoot(
+        self, url: str, must_show: list[str], out: Path, settle: float = 4.0,
+        before: list[tuple[str, str]] = (),
+    ) -> str:  # fmt: skip
+        """Open `url`, do `before` ("click", label) / ("type", placeholder=text) steps, wait (up
+        to 90 s) until its text holds every string of `must_show`, wait `settle` seconds more
+        for charts, write out.png and out.txt; the text."""
         self.call("Page.navigate", url=url)
+        time.sleep(3)
+        for action, arg in before:
+            if action == "goto":
+                self.call("Page.navigate", url=arg)
+                time.sleep(3)
+                continue
+            for _ in range(30):  # the page may still be loading
+                done = self.click(arg) if action == "click" else self.type_into(*arg.split("=", 1))
+                if done:
+                    break
+                time.sleep(1)
+            time.sleep(2)
         deadline, text = time.monotonic() + 90, ""
         while time.monotonic() < deadline:
             text = self.text()
@@ -101,8 +146,8 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
-def pages(run_dir: Path, mlflow: str, prefect: str) -> list[tuple[str, str, list[str]]]:
-    """(file name, URL, text it must show) for the run's three pages."""
+def pages(run_dir: Path, mlflow: str, prefect: str) -> list[tuple[str, str, list[str], list]]:
+    """(file name, URL, text it must show, steps before the shot) for the run's three pages."""
     from mlflow.tracking import MlflowClient
 
     info = json.loads((run_dir / "run.json").read_text())
@@ -118,11 +163,16 @@ def pages(run_dir: Path, mlflow: str, prefect: str) -> list[tuple[str, str, list
         flow_runs = json.loads(r.read())
     mine = [f for f in flow_runs if name.endswith(f["id"][:4]) or f["name"] in name]
     flow_run = (mine or flow_runs)[0]["id"]
+    run_page = f"{mlflow}/#/experiments/{exp}/runs/{run.info.run_id}/model-metrics"
+    charts = "^(train/reward_mean|eval/avg_at_[0-9]+)$"
     return [
-        ("mlflow-run-charts", f"{mlflow}/#/experiments/{exp}/runs/{run.info.run_id}/model-metrics",
-         ["train/reward_mean", "eval/avg_at"]),
-        ("mlflow-registered-model", f"{mlflow}/#/models/{name}", [name, "best"]),
-        ("prefect-flow-run", f"{prefect}/runs/flow-run/{flow_run}", ["rollout", "checkpoint"]),
+        # MLflow 3 opens in its GenAI workspace: switch to "Model training" first (it persists)
+        ("mlflow-run-charts", run_page, ["train/reward_mean", "eval/avg_at"],
+         [("click", "Model training"), ("goto", run_page),
+          ("type", f"Search metric charts={charts}")]),
+        ("mlflow-registered-model", f"{mlflow}/#/models/{name}", [name, "best"], []),
+        ("prefect-flow-run", f"{prefect}/runs/flow-run/{flow_run}", ["rollout", "checkpoint"],
+         [("click", "Task Runs")]),
     ]  # fmt: skip
 
 
@@ -142,8 +192,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     browser = Browser()
     try:
-        for file, url, must_show in pages(args.run_dir.resolve(), mlflow, prefect):
-            browser.shoot(url, must_show, args.out / file)
+        for file, url, must_show, before in pages(args.run_dir.resolve(), mlflow, prefect):
+            browser.shoot(url, must_show, args.out / file, before=before)
             print(f"{args.out / file}.png  <- {url}")
     finally:
         browser.close()
