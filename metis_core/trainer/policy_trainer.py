@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from metis_core.batch import (
     response_values,
 )
 from metis_core.config import TrainerConfig
+from metis_core.trainer.distributed import across_ranks, init_single_process_distributed
 from metis_core.trainer.forward import (
     full_logprobs,
     grouped_logprobs,
@@ -93,55 +93,6 @@ class JudgmentBatch:
     """The temperature the judgments were sampled at."""
     regexes: list[str | None] | None = None
     """Per judgment, the regex its decoding was constrained to (None: unconstrained)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_single_process_distributed() -> None:
-    """World size 1 on this machine: gloo on CPU, nccl on GPU."""
-    import deepspeed
-
-    for key, value in {
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-    }.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    _forget_destroyed_groups()
-
-
-def across_ranks(values: list[float]) -> tuple[list[float], int]:
-    """Sums of `values` over the data-parallel ranks, and how many ranks there are (1 and the
-    values themselves in a single process)."""
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return values, 1
-    summed = torch.tensor(values, dtype=torch.float64)
-    torch.distributed.all_reduce(summed)
-    return summed.tolist(), torch.distributed.get_world_size()
-
-
-def _forget_destroyed_groups() -> None:
-    """vLLM's in-process engine destroys torch.distributed's process groups when it shuts down,
-    behind DeepSpeed's back, and DeepSpeed keeps its clone of the world group. A trainer made after
-    an engine restart then fails in `deepspeed.initialize` ("Group ... is not registered"): drop
-    DeepSpeed's references to groups that no longer exist, so it builds fresh ones."""
-    from deepspeed.utils import groups
-
-    world = getattr(groups, "_WORLD_GROUP", None)
-    if world is None:
-        return
-    try:
-        torch.distributed.get_global_rank(world, 0)
-    except ValueError:  # the group was destroyed
-        groups._release_process_group_references()
 
 
 def deepspeed_config(cfg: TrainerConfig) -> dict[str, Any]:

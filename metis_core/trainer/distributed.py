@@ -1,0 +1,60 @@
+"""The trainer's processes: one rank on this machine by default, or N data-parallel ranks that a
+launcher (torchrun, DeepSpeed's) started, whose environment (RANK, WORLD_SIZE, MASTER_ADDR) is
+kept."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_single_process_distributed() -> None:
+    """torch.distributed for the trainer (gloo on CPU, nccl on GPU): world size 1 on this
+    machine, unless a launcher set RANK, WORLD_SIZE and MASTER_ADDR/PORT."""
+    import deepspeed
+
+    for key, value in {
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+    }.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    _forget_destroyed_groups()
+
+
+def across_ranks(values: list[float]) -> tuple[list[float], int]:
+    """Sums of `values` over the data-parallel ranks, and how many ranks there are (1 and the
+    values themselves in a single process)."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return values, 1
+    summed = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(summed)
+    return summed.tolist(), torch.distributed.get_world_size()
+
+
+def _forget_destroyed_groups() -> None:
+    """vLLM's in-process engine destroys torch.distributed's process groups when it shuts down,
+    behind DeepSpeed's back, and DeepSpeed keeps its clone of the world group. A trainer made after
+    an engine restart then fails in `deepspeed.initialize` ("Group ... is not registered"): drop
+    DeepSpeed's references to groups that no longer exist, so it builds fresh ones."""
+    from deepspeed.utils import groups
+
+    world = getattr(groups, "_WORLD_GROUP", None)
+    if world is None:
+        return
+    try:
+        torch.distributed.get_global_rank(world, 0)
+    except ValueError:  # the group was destroyed
+        groups._release_process_group_references()
