@@ -77,7 +77,7 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _start(name: str, cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env},
@@ -173,7 +173,7 @@ def up(
                 f"sqlite+aiosqlite:///{home / 'prefect.db'}"
             )
         cmd = [_bin("prefect"), "server", "start", "--host", host, "--port", str(port)]
-        starting["prefect"] = _start("prefect", cmd, env, folder / "prefect.log")
+        starting["prefect"] = _start(cmd, env, folder / "prefect.log")
         state["prefect"] = entry | {"pid": starting["prefect"].pid}
     if "mlflow" not in state:
         port = _free_port(host, mlflow_port)
@@ -181,7 +181,7 @@ def up(
                "--backend-store-uri", f"sqlite:///{out / 'mlflow.db'}",
                "--artifacts-destination", str(out / "mlartifacts")]  # fmt: skip
         env = {"MLFLOW_DISABLE_TELEMETRY": "true"}
-        starting["mlflow"] = _start("mlflow", cmd, env, folder / "mlflow.log")
+        starting["mlflow"] = _start(cmd, env, folder / "mlflow.log")
         state["mlflow"] = {"url": f"http://{host}:{port}", "pid": starting["mlflow"].pid,
                            "log": str(folder / "mlflow.log")}  # fmt: skip
     (folder / "services.json").write_text(json.dumps(state, indent=2))
