@@ -171,8 +171,9 @@ def _train(run_dir: Path, stop: _StopRequest) -> str:
         elif cfg.eval.at_start:
             _initial_evaluation(run)
         bar = tqdm(range(run.start_step, cfg.steps), desc=run.run_id, unit="it", dynamic_ncols=True)
-        progress = create_progress_artifact(
-            100 * run.start_step / cfg.steps, key=_key(run.run_id, "progress"),
+        progress = _artifact(
+            create_progress_artifact, 100 * run.start_step / cfg.steps,
+            key=_key(run.run_id, "progress"),
             description=f"iterations of {run.run_id} done, of {cfg.steps}",
         )  # fmt: skip
         metrics: dict[str, float] = {}
@@ -186,7 +187,8 @@ def _train(run_dir: Path, stop: _StopRequest) -> str:
             if not checkpoint_now:  # (a checkpoint logs it, before it counts as complete)
                 run.tracker.log_metrics({"time/iteration_s": run.iteration_seconds()}, step)
             bar.set_postfix_str(progress_line(metrics, cfg.eval.samples, short=True))
-            update_progress_artifact(progress, 100 * (step + 1) / cfg.steps)
+            if progress is not None:
+                _artifact(update_progress_artifact, progress, 100 * (step + 1) / cfg.steps)
             tqdm.write(f"step {step:4d} | {progress_line(metrics, cfg.eval.samples)}")
             if stop.requested and step < last:
                 if not checkpoint_now:
@@ -199,11 +201,20 @@ def _train(run_dir: Path, stop: _StopRequest) -> str:
         stages.plots(run.run_id)
         mark_finished(run_dir)
         status = "FINISHED"
-        create_markdown_artifact(_summary(run, metrics), key=_key(run.run_id, "summary"))
+        _artifact(create_markdown_artifact, _summary(run, metrics), key=_key(run.run_id, "summary"))
     finally:
         run.tracker.end(status)
         release(run.run_id)
     return str(run_dir)
+
+
+def _artifact(make: Any, *args: Any, **kwargs: Any) -> Any:
+    """A Prefect artifact for a person to read; a server that refuses it does not stop training."""
+    try:
+        return make(*args, **kwargs)
+    except Exception as err:  # (an HTTP error, a timeout: Prefect's client raises many kinds)
+        tqdm.write(f"metis: Prefect did not take the artifact ({type(err).__name__}: {err})")
+        return None
 
 
 def _key(run_id: str, what: str) -> str:
