@@ -185,9 +185,13 @@ def test_the_walkthrough_and_what_it_promises(tiny_model, tmp_path):
             data=json.dumps({"active": True}).encode(), method="PATCH",
             headers={"Content-Type": "application/json"},
         )  # fmt: skip
-        urllib.request.urlopen(api_patch, timeout=10).close()
+        urllib.request.urlopen(api_patch, timeout=60).close()
+        (schedule,) = api(prefect_api, f"/deployments/{nightly['id']}")["schedules"]
+        assert schedule["active"] is True
         body = {"deployments": {"id": {"any_": [nightly["id"]]}}}
-        wait_for("scheduled runs", lambda: api(prefect_api, "/flow_runs/filter", body), 120, log)
+        # the scheduler loops every 5 s here (PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS),
+        # but a SQLite server busy with the evaluations can hold it up for minutes
+        wait_for("scheduled runs", lambda: api(prefect_api, "/flow_runs/filter", body), 420, log)
 
         # the pages a person sees, as infra/screenshots.py takes them for docs/images
         if shutil.which("chromium"):
