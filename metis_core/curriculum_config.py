@@ -5,15 +5,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from metis_core.config_section import Section as _Section
 
 SamplerName = Literal["metis", "uniform", "dapo_dynamic", "greso", "mopps", "pcl"]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", use_attribute_docstrings=True, frozen=True, allow_inf_nan=False
-    )
 
 
 class DapoConfig(_Section):

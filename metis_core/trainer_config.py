@@ -1,0 +1,60 @@
+"""The DeepSpeed policy update's settings. Part of `RunConfig` (metis_core/config.py) as its
+`trainer` section."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from metis_core.config_section import Section as _Section
+
+
+class TrainerConfig(_Section):
+    lr: float = Field(1e-5, gt=0)
+    """AdamW learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    """DeepSpeed ZeRO stage."""
+    precision: Literal["fp32", "bf16", "autocast-bf16"] = "fp32"
+    """fp32; bf16 (DeepSpeed bf16 weights, fp32 master copy); autocast-bf16 (fp32 weights, bf16
+    matmuls). On the 2-core CPU default, fp32 was steadiest (docs/BENCHMARKS.md)."""
+    micro_batch_size: int = Field(64, gt=0)
+    """Rows per forward/backward pass; gradients accumulate to one optimiser step. Rows sharing a
+    prompt run it once (metis_core/batch.py), so fewer, larger micro-batches are much faster;
+    lower it only to save memory. Keep it a multiple of rollout.n so groups stay whole."""
+    micro_batch_tokens: int = Field(8192, gt=0)
+    """At most this many padded tokens (rows x longest row) per forward/backward pass, whatever
+    micro_batch_size says: memory follows tokens, not rows (the logits alone are tokens x 49152
+    x 4 bytes for SmolLM2, 1.6 GB at 8192). Long-prompt domains (BFCL) get smaller batches."""
+    ppo_epochs: int = Field(1, ge=1)
+    """Optimiser passes over each batch; ratios are clipped when it is > 1."""
+    clip_eps: float = Field(0.2, gt=0)
+    """PPO ratio clip range epsilon (active only when ppo_epochs > 1)."""
+    loss_agg: Literal[
+        "token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"
+    ] = "token-mean"
+    """How token losses are aggregated (verl's names)."""
+    kl_coef: float = Field(0.0, ge=0)
+    """Weight of a k3 KL penalty to the initial policy; 0 keeps no reference model."""
+    grad_clip: float = Field(1.0, gt=0)
+    """Global gradient-norm clip."""
+    deepspeed_config: str | None = None
+    """Optional DeepSpeed JSON file merged over the one metis generates from these fields."""
+    rollout_correction: Literal["tis", "none"] = "tis"
+    """`tis`: weight each sampled token's loss by min(pi_trainer / pi_engine, tis_cap), truncated
+    importance sampling for the gap between the inference engine (bf16 by default) and the fp32
+    trainer, as TRL and verl do; judgments get one weight per sequence. `none`: no correction."""
+    tis_cap: float = Field(2.0, ge=1)
+    """C: the largest importance weight TIS gives a token (verl's default)."""
+    max_logprob_gap: float | None = Field(None, gt=0)
+    """The run stops, before the update, when the mean |log pi_trainer - log pi_engine| of the
+    sampled tokens exceeds this (nats/token). Unset: 0.01 for a float32 engine (measured 5e-6),
+    0.3 for bfloat16 (measured 0.03-0.12; a wrong temperature gave 0.23; docs/metis.md)."""
+
+    def logprob_gap_limit(self, engine_dtype: str) -> float:
+        """max_logprob_gap, or its default for the engine's dtype."""
+        if self.max_logprob_gap is not None:
+            return self.max_logprob_gap
+        return 0.01 if engine_dtype == "float32" else 0.3
