@@ -102,6 +102,12 @@ def _stop(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def _as_postgres() -> list[str]:
+    """The prefix that runs a PostgreSQL command: as the `postgres` user when we are root
+    (PostgreSQL refuses to run as root), else as ourselves."""
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
 def _postgres_root(folder: Path) -> Path:
     """Where the cluster lives: `folder/postgres`, or, as root when the `postgres` user cannot
     reach that folder (a private parent such as pytest's), a fixed folder under /var/tmp that
@@ -109,7 +115,7 @@ def _postgres_root(folder: Path) -> Path:
     root = folder / "postgres"
     if os.geteuid() != 0 or root.is_symlink():
         return root.resolve()
-    reach = subprocess.run(["runuser", "-u", "postgres", "--", "test", "-x", str(folder)])
+    reach = subprocess.run([*_as_postgres(), "test", "-x", str(folder)])
     if reach.returncode == 0:
         return root
     private = (
@@ -121,17 +127,15 @@ def _postgres_root(folder: Path) -> Path:
 
 
 def _postgres(root: Path, host: str) -> tuple[str, int]:
-    """Initialise (once) and start a PostgreSQL cluster under `root`; its connection URL, pid.
-    PostgreSQL refuses to run as root, so as root it runs as the `postgres` user."""
+    """Initialise (once) and start a PostgreSQL cluster under `root`; its connection URL, pid."""
     initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
     if not initdb or not pg_ctl:
         raise ServiceError(
             "--database postgres needs PostgreSQL's initdb and pg_ctl on PATH "
             "(Debian: apt-get install postgresql); or use the default SQLite"
         )
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        as_user = ["runuser", "-u", "postgres", "--"]
+    as_user = _as_postgres()
+    if as_user:
         root.mkdir(parents=True, exist_ok=True)
         shutil.chown(root, "postgres", "postgres")
     data, port = root / "data", _free_port(host, 5432)
@@ -217,9 +221,8 @@ def down(output_dir: str | Path) -> list[str]:
     db = state.get("prefect", {}).get("database_pid")
     if db:  # after Prefect: a smart shutdown waits for its connections
         data = (_dir(output_dir) / "postgres").resolve() / "data"
-        as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         pg_ctl = shutil.which("pg_ctl") or "pg_ctl"
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"],
+        subprocess.run([*_as_postgres(), pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True)  # fmt: skip
     (_dir(output_dir) / "services.json").unlink(missing_ok=True)
     return sorted(state)
