@@ -9,67 +9,21 @@ privilege, and forks the worker that runs the program; `<nonce> ...` lines repor
 
 # It runs stripped down (no contextlib, one-shot reads of /proc files, closures captured before
 # the program can patch anything), hence:
-# ruff: noqa: SIM105, SIM115, E731, UP031
+# ruff: noqa: SIM105, SIM115, SIM905, E731, UP031
 import json
 import os
 import resource
 import sys
 
-PRELOAD = [
-    "math",
-    "cmath",
-    "re",
-    "itertools",
-    "functools",
-    "collections",
-    "collections.abc",
-    "string",
-    "heapq",
-    "bisect",
-    "typing",
-    "json",
-    "random",
-    "statistics",
-    "fractions",
-    "decimal",
-    "hashlib",
-    "copy",
-    "operator",
-    "datetime",
-    "time",
-    "textwrap",
-    "unicodedata",
-    "array",
-    "struct",
-    "dataclasses",
-    "enum",
-    "abc",
-    "io",
-    "numbers",
-    "contextlib",
-    "traceback",
-    "queue",
-    "threading",
-    "base64",
-    "binascii",
-    "zlib",
-    "pprint",
-    "calendar",
-    "secrets",
-    "types",
-    "warnings",
-    "weakref",
-    "ast",
-    "inspect",
-    "socket",
-    "encodings.idna",
-    "tempfile",
-    "pathlib",
-    "shutil",
-    "glob",
-    "fnmatch",
-    "csv",
-]
+# the common modules the fallback loads before it switches to an unprivileged uid (one string:
+# a list literal would be 50 lines)
+PRELOAD = (
+    "math cmath re itertools functools collections collections.abc string heapq bisect typing "
+    "json random statistics fractions decimal hashlib copy operator datetime time textwrap "
+    "unicodedata array struct dataclasses enum abc io numbers contextlib traceback queue "
+    "threading base64 binascii zlib pprint calendar secrets types warnings weakref ast inspect "
+    "socket encodings.idna tempfile pathlib shutil glob fnmatch csv"
+).split()
 
 
 def main():
