@@ -53,13 +53,15 @@ def flow_runs(url: str, flow: str) -> list[dict]:
     return api(url, "/flow_runs/filter", body)
 
 
-def engine_processes(group: int) -> list[int]:
-    """PIDs of flow-run processes (prefect.engine) in a process group."""
+def engine_processes(group: int, flow_run_id: str = "") -> list[int]:
+    """PIDs of flow-run processes (prefect.engine) in a process group, of one flow run if given
+    (a triggered metis-eval may run beside the training run)."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"prefect.engine" in cmd and os.getpgid(int(pid)) == group:
+            mine = flow_run_id.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+            if b"prefect.engine" in cmd and os.getpgid(int(pid)) == group and mine:
                 found.append(int(pid))
         except (OSError, ProcessLookupError):
             continue
@@ -119,8 +121,9 @@ def test_the_walkthrough_and_what_it_promises(tiny_model, tmp_path):
             600,
             log,
         )
+        (train_run,) = flow_runs(prefect_api, "metis-train")
         (engine,) = wait_for(
-            "the flow-run process", lambda: engine_processes(worker_group), 60, log
+            "the flow-run process", lambda: engine_processes(worker_group, train_run["id"]), 60, log
         )
         os.kill(engine, signal.SIGKILL)
 
