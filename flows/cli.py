@@ -207,7 +207,8 @@ def _compare_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def _eval_arguments(s: argparse.ArgumentParser) -> None:
-    from metis_core.evaluation import BENCHMARK_HELP
+    from metis_core.domains import benchmark_help
+    from metis_core.evaluation import default_benchmarks
 
     which = s.add_mutually_exclusive_group(required=True)
     which.add_argument(
@@ -224,8 +225,7 @@ def _eval_arguments(s: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="NAME",
-        help=f"any of: {BENCHMARK_HELP} (default: humaneval bfcl:simple_python bfcl:multiple "
-        "bfcl:parallel)",
+        help=f"any of: {benchmark_help()} (default: {' '.join(default_benchmarks())})",
     )
     s.add_argument("--samples", type=int, default=4, help="k completions per prompt (default 4)")
     s.add_argument(

@@ -25,6 +25,7 @@ from metis_core.evaluation import (
     Checkpoint,
     EvalError,
     benchmark_rows,
+    default_benchmarks,
     resolve_checkpoint,
     results_table,
 )
@@ -37,8 +38,6 @@ from tasks.evaluation import (
     open_evaluation,
     run_benchmark,
 )
-
-DEFAULT_BENCHMARKS = ("humaneval", "bfcl:simple_python", "bfcl:multiple", "bfcl:parallel")
 
 
 def _tracking_uri(cfg: RunConfig, run_dir: Path | None) -> str:
@@ -118,7 +117,7 @@ def evaluate(
         # the held-out split of --config's (or the default) pool, built as a training run builds
         # it (same seed, same length filter), so it holds the same prompts as that run's
         pool = build_run_pool(cfg)
-    names = list(benchmarks or DEFAULT_BENCHMARKS)
+    names = list(benchmarks or default_benchmarks())
     for name in names:  # a wrong name fails here, before anything is created or loaded
         benchmark_rows(name, limit=1, seed=seed, pool=pool)
 

@@ -7,13 +7,15 @@ Reading them (and `--set` overrides) is metis_core/config_loading.py.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from metis_core.config_checks import check_tasks
 from metis_core.config_section import Section as _Section
 from metis_core.curriculum_config import CurriculumConfig
+from metis_core.domains import DomainConfig, domains, task_source
 from metis_core.trainer_config import TrainerConfig
 
 
@@ -30,24 +32,14 @@ class ModelConfig(_Section):
     """Longest sequence (prompt + completion) the engine accepts."""
 
 
-Source = Literal["reasoning_gym", "code", "code_file", "bfcl", "humaneval"]
-Domain = Literal["math", "code", "function_calling"]
-SOURCE_DOMAIN: dict[str, str] = {
-    "reasoning_gym": "math",
-    "code": "code",
-    "code_file": "code",
-    "humaneval": "code",
-    "bfcl": "function_calling",
-}
-
-
 class TaskSpec(_Section):
-    source: Source = "reasoning_gym"
-    """Where the prompts come from. `reasoning_gym`: math, `name` is the dataset (chain_sum, gcd,
-    ...). `code`: metis's procedural Python function tasks, `params.difficulty` 1-3. `code_file`:
-    `name` is a json/jsonl/csv/parquet file with `prompt` and `tests` columns. `bfcl`: `name` is a
-    BFCL v4 category (live_simple, live_multiple, simple_python, multiple, parallel, ...).
-    `humaneval`: the 164 HumanEval problems (`name` is ignored; meant for evaluation)."""
+    source: str = "reasoning_gym"
+    """Where the prompts come from: a source a domain registers (metis_core/domains/). Built in:
+    `reasoning_gym`: math, `name` is the dataset (chain_sum, gcd, ...). `code`: metis's procedural
+    Python function tasks, `params.difficulty` 1-3. `code_file`: `name` is a json/jsonl/csv/parquet
+    file with `prompt` and `tests` columns. `bfcl`: `name` is a BFCL v4 category (live_simple,
+    live_multiple, simple_python, multiple, parallel, ...). `humaneval`: the 164 HumanEval
+    problems (`name` is ignored; meant for evaluation)."""
     name: str = ""
     """The dataset, file or category within the source (see `source`)."""
     size: int | None = Field(None, gt=0)
@@ -60,97 +52,60 @@ class TaskSpec(_Section):
 
     @property
     def domain(self) -> str:
-        return SOURCE_DOMAIN[self.source]
+        """The domain whose source this entry names."""
+        return task_source(self.source)[0].name
+
+    @field_validator("source")
+    @classmethod
+    def _registered(cls, source: str) -> str:
+        task_source(source)  # ValueError listing the registered sources
+        return source
 
     @model_validator(mode="after")
     def _needs(self) -> TaskSpec:
-        if self.source in ("reasoning_gym", "code") and self.size is None:
+        source = task_source(self.source)[1]
+        if source.generates and self.size is None:
             raise ValueError(f"source {self.source!r} generates prompts: give `size`")
-        if self.source in ("reasoning_gym", "code_file", "bfcl") and not self.name:
+        if source.needs_name and not self.name:
             raise ValueError(f"source {self.source!r} needs `name` (see docs/configs.md)")
         return self
 
 
-class DomainConfig(_Section):
-    system_prompt: str
-    """System message of this domain's task prompts."""
-    assistant_prefill: str = ""
-    """Text the assistant turn starts with (a row's own `prefill`, e.g. a code header, wins)."""
-    max_tokens: int = Field(gt=0)
-    """Longest completion, in tokens."""
-    stop: list[str] = []
-    """Stop strings; a completion ends at the first one."""
-    reward_mode: Literal["discrete", "continuous"] = "discrete"
-    """`discrete`: 1 right / 0 wrong. `continuous`: partial credit (share of tests passed, share
-    of the expected call's name and arguments that match). Math answers are always discrete."""
-    constrained: bool = False
-    """Constrain completions to the domain's answer format with vLLM structured outputs (only
-    function calling has one: documented function and parameter names, literal values)."""
-
-    @field_validator("stop")
-    @classmethod
-    def _no_empty_stop(cls, stop: list[str]) -> list[str]:
-        if "" in stop:
-            raise ValueError("an empty stop string would end every completion at once")
-        return stop
+def _domain_settings(given: Any = None) -> dict[str, DomainConfig]:
+    """`data.domains`: every registered domain's settings, with the given keys overriding its
+    defaults; a name no domain registered is an error listing those that did."""
+    given = dict(given or {})
+    if unknown := set(given) - {d.name for d in domains()}:
+        names = ", ".join(d.name for d in domains())
+        raise ValueError(f"no domain named {sorted(unknown)}; registered: {names}")
+    settings, problems = {}, []
+    for spec in domains():
+        value = given.get(spec.name, {})
+        try:
+            settings[spec.name] = (
+                value if isinstance(value, spec.settings) else spec.settings.model_validate(value)
+            )
+        except ValidationError as err:
+            problems += [((spec.name, *e["loc"]), e["msg"], e["type"]) for e in err.errors()]
+    if problems:
+        raise SettingsError(problems)
+    return settings
 
 
-class MathDomain(DomainConfig):
-    system_prompt: str = "Solve the problem. Reply with the final answer only."
-    """System message of math prompts."""
-    assistant_prefill: str = "The answer is "
-    """Makes a short answer format easy to learn for a small model."""
-    max_tokens: int = Field(24, gt=0)
-    """Longest math completion, in tokens."""
-    stop: list[str] = ["\n"]
-    """The answer is one line."""
+class SettingsError(ValueError):
+    """Invalid `data.domains` settings, each problem with its key path below `data.domains`
+    (`load_config` reports them by their full key)."""
 
-
-class CodeDomain(DomainConfig):
-    system_prompt: str = (
-        "Complete the Python function. Write only the body of the function inside the code block."
-    )
-    """System message of code prompts; the assistant turn starts inside a code block after the
-    function's header and docstring (the row's prefill)."""
-    max_tokens: int = Field(128, gt=0)
-    """Longest function body, in tokens."""
-    stop: list[str] = ["```", "\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\nassert "]
-    """HumanEval's stop markers (code at column 0 after the body) plus the closing fence."""
-    reward_mode: Literal["discrete", "continuous"] = "continuous"
-    """Continuous: the share of hidden tests passed; discrete: all pass."""
-
-
-class FunctionCallingDomain(DomainConfig):
-    system_prompt: str = (
-        "You are an expert in composing functions. Answer with the function call(s) only, in the "
-        "format [func_name(param=value, ...)]."
-    )
-    """System message of function-calling prompts (the function docs are in the user message)."""
-    assistant_prefill: str = "["
-    """The call list starts with `[`: the format is learnable from the first token."""
-    max_tokens: int = Field(64, gt=0)
-    """Longest call list, in tokens."""
-    stop: list[str] = ["\n"]
-    """The call list is one line."""
-    reward_mode: Literal["discrete", "continuous"] = "continuous"
-    """Continuous: the share of expected function names and arguments matched; discrete: BFCL's
-    AST checker's verdict."""
-    constrained: bool = True
-    """Decode calls under a regex of the documented function and parameter names: unconstrained,
-    the embedded 135M model produced no parsable call in 96 tries on live_simple (docs/domains.md).
-    Turn off to score free-form output as BFCL does."""
-
-
-class DomainsConfig(_Section):
-    math: MathDomain = MathDomain()
-    """Arithmetic and math word problems."""
-    code: CodeDomain = CodeDomain()
-    """Python function completion checked by hidden tests in the sandbox."""
-    function_calling: FunctionCallingDomain = FunctionCallingDomain()
-    """BFCL function calls checked by BFCL's AST checker."""
+    def __init__(self, problems: list[tuple[tuple[Any, ...], str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg, _ in problems))
 
 
 class DataConfig(_Section):
+    domain_modules: list[str] = []
+    """Python modules that register more domains (a `DomainSpec`, docs/domains.md), imported
+    before the rest of this section is read, e.g. `[my_project.reverse_words]`; the built-in
+    domains (math, code, function_calling) need none."""
     tasks: list[TaskSpec] = [
         TaskSpec(
             name="chain_sum",
@@ -183,11 +138,12 @@ class DataConfig(_Section):
     file: str | None = None
     """Instead of `tasks`: a math pool from any `datasets`-loadable file (json/jsonl/csv/parquet)
     with `prompt` and `answer` columns (optional `task`, `difficulty`)."""
-    domain_weights: dict[Domain, float] = {}
+    domain_weights: dict[str, float] = {}
     """Share of each iteration's candidates drawn from each domain, e.g. `{math: 0.5, code: 0.25,
     function_calling: 0.25}`; empty: every training prompt equally likely."""
-    domains: DomainsConfig = DomainsConfig()
-    """Prompt format, decoding limits and reward mode of each domain."""
+    domains: dict[str, SerializeAsAny[DomainConfig]] = Field(default_factory=_domain_settings)
+    """Prompt format, decoding limits and reward mode of each registered domain (the sections
+    `data.domains.<domain>` below)."""
     max_prompt_tokens: int = Field(768, gt=0)
     """Prompts longer than this (chat-formatted, in tokens) are left out of the pool, with a
     count in the log (some BFCL function docs run to thousands of tokens)."""
@@ -195,6 +151,23 @@ class DataConfig(_Section):
     """Share of the pool held out for evaluation (disjoint from training prompts)."""
     seed: int = 0
     """Seed of the generators and of the train/held-out split."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _import_domain_modules(cls, data: Any) -> Any:
+        for module in (data.get("domain_modules") or []) if isinstance(data, dict) else []:
+            try:
+                importlib.import_module(module)
+            except ImportError as err:
+                raise ValueError(
+                    f"data.domain_modules: cannot import {module!r} ({err}); is it on PYTHONPATH?"
+                ) from None
+        return data
+
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _every_domain(cls, given: Any) -> dict[str, DomainConfig]:
+        return _domain_settings(given)
 
 
 class RolloutConfig(_Section):
@@ -331,7 +304,7 @@ class RunConfig(_Section):
         if self.judge.scoring == "expected" and not self.judge.constrained:
             raise ValueError("judge.scoring=expected needs judge.constrained=true")
         for name in sorted(domains):
-            longest = getattr(data.domains, name).max_tokens
+            longest = self.domain(name).max_tokens
             if longest + data.max_prompt_tokens > self.model.max_model_len:
                 raise ValueError(
                     f"model.max_model_len ({self.model.max_model_len}) is smaller than "
@@ -343,11 +316,16 @@ class RunConfig(_Section):
     def domains_in_use(self) -> list[str]:
         """The domains the pool draws from, in a fixed order."""
         used = {"math"} if self.data.file else {t.domain for t in self.data.tasks}
-        return [d for d in ("math", "code", "function_calling") if d in used]
+        return [d.name for d in domains() if d.name in used]
 
     def domain(self, name: str) -> DomainConfig:
         """Prompt format, decoding limits and reward mode of one domain."""
-        return getattr(self.data.domains, name)
+        try:
+            return self.data.domains[name]
+        except KeyError:
+            raise KeyError(
+                f"this config has no settings for domain {name!r} (registered after it was made?)"
+            ) from None
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from metis_core.config import RunConfig, TaskSpec
+from metis_core.config import RunConfig, SettingsError, TaskSpec
+from metis_core.domains import domains, task_source
 
 
 class ConfigError(ValueError):
@@ -52,12 +53,14 @@ def load_config(
         lines = []
         for e in err.errors():
             where = ".".join(str(p) for p in e["loc"]) or "config"
-            msg = (
-                "unknown key (check spelling; see docs/configs.md)"
-                if e["type"] == "extra_forbidden"
-                else e["msg"]
+            inner = e.get("ctx", {}).get("error")
+            found = (
+                inner.problems if isinstance(inner, SettingsError) else [((), e["msg"], e["type"])]
             )
-            lines.append(f"  {where}: {msg}")
+            for loc, msg, kind in found:  # a domain's settings problems by their own keys
+                key = ".".join([where, *map(str, loc)])
+                unknown = "unknown key (check spelling; see docs/configs.md)"
+                lines.append(f"  {key}: {unknown if kind == 'extra_forbidden' else msg}")
         raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
     _check_files(cfg)
     return cfg
@@ -72,7 +75,7 @@ def _check_files(cfg: RunConfig) -> None:
         named += [
             (f"data.tasks.{i}.name", t.name)
             for i, t in enumerate(cfg.data.tasks)
-            if t.source == "code_file"
+            if task_source(t.source)[1].name_is_file
         ]
     for key, name in named:
         if name is not None and not Path(name).is_file():
@@ -102,13 +105,17 @@ def config_reference() -> str:
         "",
     ]
 
-    def section(title: str, model: type[BaseModel], prefix: str) -> None:
-        lines.extend([f"## {title}", "", "| key | default | meaning |", "| --- | --- | --- |"])
+    def section(title: str, model: type[BaseModel], prefix: str, about: str = "") -> None:
+        lines.extend([f"## {title}", ""] + ([about, ""] if about else []))
+        lines.extend(["| key | default | meaning |", "| --- | --- | --- |"])
         nested = []
         for name, field in model.model_fields.items():
-            default = field.default
+            default = field.get_default(call_default_factory=True)
             if isinstance(default, BaseModel):
-                nested.append((name, type(default)))
+                nested.append((name, type(default), ""))
+                continue
+            if name == "domains":  # one section per registered domain
+                nested += [(f"domains.{d.name}", d.settings, d.description) for d in domains()]
                 continue
             if isinstance(default, list) and default and isinstance(default[0], BaseModel):
                 default = f"{len(default)} entries (see configs/default.yaml)"
@@ -121,8 +128,8 @@ def config_reference() -> str:
                 shown = json.dumps(default)
             lines.append(f"| `{prefix}{name}` | `{shown}` | {doc} |")
         lines.append("")
-        for name, sub in nested:
-            section(f"{prefix}{name}", sub, f"{prefix}{name}.")
+        for name, sub, about in nested:
+            section(f"{prefix}{name}", sub, f"{prefix}{name}.", about)
 
     section("top level", RunConfig, "")
     section("data.tasks[]", TaskSpec, "")

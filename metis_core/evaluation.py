@@ -1,6 +1,6 @@
 """`metis eval`: which prompts a benchmark names, which weights a checkpoint names, the results table.
 
-Benchmarks:
+Benchmarks (each domain declares its own, metis_core/domains/; these are the built-in ones):
     humaneval              the 164 HumanEval problems (code; pass@k by the unbiased estimator)
     bfcl:<category>        a BFCL v4 category, e.g. bfcl:simple_python, bfcl:multiple, bfcl:parallel
     heldout                the held-out split of the run's pool (or of --config's pool)
@@ -18,8 +18,7 @@ from typing import Any
 
 from metis_core import checkpoints
 from metis_core.data.pool import prompt_id
-
-BENCHMARK_HELP = "humaneval, bfcl:<category> (e.g. bfcl:simple_python), heldout"
+from metis_core.domains import benchmark, benchmark_help, domains
 
 
 class EvalError(ValueError):
@@ -63,19 +62,9 @@ def resolve_checkpoint(spec: str) -> Checkpoint:
 
 
 def benchmark_rows(name: str, *, limit: int | None, seed: int, pool: Any = None) -> list[dict]:
-    """Pool-style rows (with prompt_id) of one benchmark; `pool` is the run's pool for `heldout`."""
-    if name == "humaneval":
-        from metis_core.domains.code import humaneval_rows
-
-        rows = humaneval_rows(limit, seed=seed)
-    elif name.startswith("bfcl:"):
-        from metis_core.domains.function_calling import bfcl_rows
-
-        try:
-            rows = bfcl_rows(name.split(":", 1)[1], limit=limit, seed=seed)
-        except ValueError as err:
-            raise EvalError(f"benchmark {name!r}: {err}") from err
-    elif name == "heldout":
+    """Pool-style rows (with prompt_id) of one benchmark; `pool` is the run's pool for `heldout`.
+    Every other benchmark is declared by a domain (metis_core/domains/)."""
+    if name == "heldout":
         if pool is None:
             raise EvalError("benchmark 'heldout' needs a run folder checkpoint or --config")
         from metis_core.metrics import spread_over_domains
@@ -83,10 +72,22 @@ def benchmark_rows(name: str, *, limit: int | None, seed: int, pool: Any = None)
         held = [dict(r) for r in pool if r["split"] == "heldout"]
         rows = spread_over_domains(held, limit or len(held))
     else:
-        raise EvalError(f"unknown benchmark {name!r}; use {BENCHMARK_HELP}")
+        try:
+            bench, argument = benchmark(name)
+        except KeyError:
+            raise EvalError(f"unknown benchmark {name!r}; use {benchmark_help()}") from None
+        try:
+            rows = bench.rows(argument, limit, seed)
+        except ValueError as err:
+            raise EvalError(f"benchmark {name!r}: {err}") from err
     for row in rows:
         row.setdefault("prompt_id", prompt_id(row["task"], row["prompt"], row["answer"]))
     return rows
+
+
+def default_benchmarks() -> list[str]:
+    """What `metis eval` runs when no benchmark is named: each domain's defaults."""
+    return [name for spec in domains() for name in spec.default_benchmarks]
 
 
 def metric_prefix(benchmark: str) -> str:

@@ -104,7 +104,9 @@ def is_finished(run_dir: Path) -> bool:
 def check_sandbox(cfg: RunConfig) -> None:
     """Raise SandboxUnavailable (saying what to do) when the config grades model-written code
     and this machine has no namespace sandbox for it; before anything starts."""
-    if "code" in cfg.domains_in_use():
+    from metis_core.domains import domain_spec
+
+    if any(domain_spec(name).needs_sandbox for name in cfg.domains_in_use()):
         from metis_core.sandbox import isolation
 
         isolation()

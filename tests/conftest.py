@@ -115,3 +115,14 @@ def tiny_overrides(model, out, steps=2, extra=()):
         "judge.scoring=sampled",
         *extra,
     ]
+
+
+@pytest.fixture
+def toy_domain():
+    """Loads tests/toy_domain.py (the `reverse` domain) as a config would, and forgets it after
+    the test, so the other tests see only the built-in domains."""
+    from metis_core.domains import unregister_domain
+
+    yield "tests.toy_domain"
+    unregister_domain("reverse")
+    sys.modules.pop("tests.toy_domain", None)

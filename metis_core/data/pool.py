@@ -1,9 +1,9 @@
-"""The prompt pool: every `data.tasks` entry (math generators, code tasks, BFCL) -> HF Dataset.
+"""The prompt pool: every `data.tasks` entry (math generators, code tasks, BFCL, ...) -> HF Dataset.
 
 Every row: prompt_id (a hash of task + prompt + answer, stable across runs and machines), prompt,
 answer, task, difficulty, metadata (JSON), domain, reward (the scorer's name), split ("train" or
 "heldout"). The held-out split is chosen by the prompt id's hash, so it stays disjoint and stable
-when the pool grows. The domain loaders live in metis_core/domains/.
+when the pool grows. Each source's loader is declared by its domain (metis_core/domains/).
 """
 
 from __future__ import annotations
@@ -48,49 +48,11 @@ def _split_of(pid: str, heldout_fraction: float, seed: int) -> str:
     return "heldout" if h < heldout_fraction else "train"
 
 
-def _reasoning_gym_rows(spec: TaskSpec, seed: int) -> list[dict[str, str]]:
-    import reasoning_gym
-
-    from metis_core.rewards.arithmetic import reward_for_task
-
-    generator = reasoning_gym.create_dataset(spec.name, size=spec.size, seed=seed, **spec.params)
-    rows = []
-    for entry in generator:
-        meta = dict(entry.get("metadata", {}))
-        meta.setdefault("source_dataset", spec.name)
-        rows.append(
-            {
-                "prompt": entry["question"],
-                "answer": str(entry["answer"]),
-                "task": spec.name,
-                "difficulty": "default",
-                "metadata": json.dumps(meta, default=str),
-                "domain": "math",
-                "reward": reward_for_task(spec.name),
-            }
-        )
-    return rows
-
-
 def _spec_rows(spec: TaskSpec, seed: int) -> list[dict[str, str]]:
-    """The rows of one `data.tasks` entry, from the domain loader its source names."""
-    if spec.source == "reasoning_gym":
-        return _reasoning_gym_rows(spec, seed)
-    if spec.source == "code":
-        from metis_core.domains.code import procedural_rows
+    """The rows of one `data.tasks` entry, from the source its domain registered."""
+    from metis_core.domains import task_source
 
-        return procedural_rows(spec.size or 0, seed=seed, **spec.params)
-    if spec.source == "code_file":
-        from metis_core.domains.code import file_rows
-
-        return file_rows(spec.name)[: spec.size]
-    if spec.source == "humaneval":
-        from metis_core.domains.code import humaneval_rows
-
-        return humaneval_rows(spec.size, seed=seed)
-    from metis_core.domains.function_calling import bfcl_rows
-
-    return bfcl_rows(spec.name, limit=spec.size, seed=seed, **spec.params)
+    return task_source(spec.source)[1].rows(spec, seed)
 
 
 def _generated_rows(cfg: DataConfig) -> list[dict[str, str]]:

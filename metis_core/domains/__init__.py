@@ -7,23 +7,56 @@ Every loader returns pool rows: dicts of strings with the keys
     difficulty  a label metrics can be split by
     metadata    JSON with whatever else the verifier or the prompt needs; the optional key
                 `prefill` is text the assistant turn starts with (it overrides the domain's)
-    domain      `math`, `code` or `function_calling`
-    reward      the registered reward function that scores this row (metis_core/rewards)
+    domain      the registered domain the row belongs to (`math`, `code`, `function_calling`, ...)
+    reward      the registered reward function that scores this row (its domain declares it)
 `metis_core.data.pool` adds prompt_id and split. Reward functions are called as
 `fn(completions, mode=..., **row)` with mode `discrete` (right/wrong) or `continuous` (partial
 credit) and return one score in [0, 1] (or None: not applicable, or `Failure(reason)`: could not
 score it) per completion; metis_core/rewards/registry.py turns every failure into reward 0.
+
+A domain is one module declaring a `DomainSpec` (metis_core/domains/spec.py); importing this
+package registers the built-in ones (every module in it: code, function_calling, math), and a
+config's `data.domain_modules` imports others.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 from typing import TYPE_CHECKING, Any
+
+from metis_core.domains.spec import (
+    Benchmark,
+    DomainConfig,
+    DomainSpec,
+    TaskSource,
+    benchmark,
+    benchmark_help,
+    domain_spec,
+    domains,
+    register_domain,
+    registered,
+    task_source,
+    unregister_domain,
+)
 
 if TYPE_CHECKING:
     from metis_core.config import RunConfig
 
-DOMAINS = ("math", "code", "function_calling")
+
+def _register_built_ins() -> None:
+    """Import every module of this package: a domain module registers its spec on import, so a
+    new domain is one new file here (others come from `data.domain_modules`)."""
+    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        importlib.import_module(f"{__name__}.{module}")
+
+
+_register_built_ins()
+
+__all__ = ["Benchmark", "DomainConfig", "DomainSpec", "TaskSource", "benchmark", "benchmark_help"]
+__all__ += ["decoding_regex", "domain_spec", "domains", "register_domain", "registered"]
+__all__ += ["reward_mode", "task_chat", "task_source", "unregister_domain"]
 
 
 def task_chat(cfg: RunConfig, row: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
@@ -43,15 +76,12 @@ def task_chat(cfg: RunConfig, row: dict[str, Any]) -> tuple[list[dict[str, str]]
 
 def reward_mode(cfg: RunConfig, row: dict[str, Any]) -> str:
     """`discrete` or `continuous` for this row (math answers are right or wrong)."""
-    domain = row.get("domain") or "math"
-    return "discrete" if domain == "math" else cfg.domain(domain).reward_mode
+    name = row.get("domain") or "math"
+    return "discrete" if domain_spec(name).discrete_only else cfg.domain(name).reward_mode
 
 
 def decoding_regex(cfg: RunConfig, row: dict[str, Any]) -> str | None:
     """The regex a row's completions are constrained to, or None (see DomainConfig.constrained)."""
-    domain = row.get("domain") or "math"
-    if domain != "function_calling" or not cfg.domain(domain).constrained:
-        return None
-    from metis_core.domains.function_calling import call_regex
-
-    return call_regex(json.loads(row["metadata"])["functions"])
+    name = row.get("domain") or "math"
+    regex = domain_spec(name).answer_regex
+    return regex(row) if regex is not None and cfg.domain(name).constrained else None

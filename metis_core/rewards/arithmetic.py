@@ -16,7 +16,7 @@ import re
 from functools import cache, lru_cache
 from typing import Any
 
-from metis_core.rewards.registry import Failure, register_reward
+from metis_core.rewards.registry import Failure
 from metis_core.rewards.worker import ScoringFailed, ScoringTimeout, ScoringWorker
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -86,10 +86,9 @@ def score_math_verify(answer: str, completion: str) -> float:
     return 1.0 if ok else 0.0
 
 
-# --- the registered rewards (run in the caller's process) -----------------------------------
+# --- the reward functions (metis_core/domains/math.py registers them) -----------------------
 
 
-@register_reward("reasoning_gym")
 def reasoning_gym_reward(
     completions: list[str], *, answer: str, task: str, metadata: str = "{}", **_: Any
 ) -> list[float | None | Failure]:
@@ -99,7 +98,6 @@ def reasoning_gym_reward(
     ]
 
 
-@register_reward("math_verify")
 def math_verify_reward(
     completions: list[str], *, answer: str, **_: Any
 ) -> list[float | None | Failure]:

@@ -40,6 +40,12 @@ def register_reward(
     return deco
 
 
+def unregister_reward(name: str) -> None:
+    """Forget a reward function (for tests that register their own)."""
+    REWARDS.pop(name, None)
+    TIMEOUTS.pop(name, None)
+
+
 def _call_with_timeout(fn: RewardFn, timeout_s: float, *args: Any, **kwargs: Any) -> Any:
     """fn(...) in a daemon thread; TimeoutError past `timeout_s` (the thread is abandoned: a
     Python thread cannot be killed, so scorers that can hang on a completion bound it themselves,

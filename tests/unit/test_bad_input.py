@@ -135,8 +135,10 @@ def test_a_row_scored_by_an_unknown_reward_fails_the_pool(monkeypatch):
         ("curriculum.mopps.decay=.inf", r"curriculum.mopps.decay: Input should be a finite"),
         ("data.domains.math.stop=['']", r"data.domains.math.stop: .*empty stop string"),
         ("curriculum.sampler=metiss", r"curriculum.sampler: Input should be 'metis', 'uniform'"),
-        ("data.domain_weights={physics: 1}", r"Input should be 'math', 'code' or 'function_calling'"),
-        ("data.tasks=[{source: pypi, name: x}]", r"data.tasks.0.source: Input should be"),
+        ("data.domain_weights={physics: 1}", r"data.domain_weights names 'physics'"),
+        ("data.tasks=[{source: pypi, name: x}]", r"data.tasks.0.source: .*unknown source 'pypi'; registered: code, code_file, humaneval, bfcl, reasoning_gym"),
+        ("data.domains.physics.max_tokens=8", r"data.domains: .*no domain named \['physics'\]; registered: code, function_calling, math"),
+        ("data.domains.code.max_tokens=0", r"data.domains.code.max_tokens: Input should be greater than 0"),
     ],
 )  # fmt: skip
 def test_impossible_values_fail_at_load_naming_the_key(override, message):

@@ -48,13 +48,13 @@ def test_overrides_parse_yaml_values():
             "judge.scoring=sampled",
         ]
     )
-    assert cfg.rollout.n == 4 and cfg.data.domains.math.stop == ["x", "y"]
+    assert cfg.rollout.n == 4 and cfg.data.domains["math"].stop == ["x", "y"]
     assert cfg.judge.constrained is False
     # expected-value scoring reads the constrained answers' distribution: it needs the constraint
     with pytest.raises(ConfigError, match="judge.scoring=expected needs judge.constrained=true"):
         load_config(overrides=["judge.constrained=false"])
     # a partial override keeps the rest of that domain's own defaults
-    assert cfg.data.domains.code.max_tokens == 64 and "```" in cfg.data.domains.code.stop
+    assert cfg.data.domains["code"].max_tokens == 64 and "```" in cfg.data.domains["code"].stop
 
 
 def test_bad_override_syntax_and_missing_file(tmp_path):
@@ -86,16 +86,14 @@ def test_docs_config_reference_is_current():
 
 def test_every_field_has_a_docstring():
     from metis_core import config as c
+    from metis_core.domains import domains
 
     sections = [
         c.RunConfig,
         c.ModelConfig,
         c.TaskSpec,
         c.DataConfig,
-        c.DomainsConfig,
-        c.MathDomain,
-        c.CodeDomain,
-        c.FunctionCallingDomain,
+        *(d.settings for d in domains()),
         c.RolloutConfig,
         c.JudgeConfig,
         c.CurriculumConfig,
