@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -30,24 +29,15 @@ from metis_core.evaluation import (
     results_table,
 )
 from metis_core.launch import build_run_pool, configure_runtime_environment
-from metis_core.tracking.mlflow_tracker import Tracker, default_tracking_uri
-from tasks.evaluation import (
-    Evaluation,
-    close_evaluation,
-    log_results,
-    open_evaluation,
-    run_benchmark,
-)
+from metis_core.tracking.mlflow_tracker import Tracker, tracking_uri_for
+from tasks.evaluation import Evaluation, log_results, run_benchmark
+from tasks.runtime import register, release
 
 
 def _tracking_uri(cfg: RunConfig, run_dir: Path | None) -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
     found = run_dir is not None and (run_dir / "run.json").is_file()
     info = json.loads((run_dir / "run.json").read_text()) if found else {}
-    if info.get("tracking_uri"):  # (absent when the run was killed before it reached MLflow)
-        return info["tracking_uri"]
-    return cfg.tracking_uri or default_tracking_uri(cfg.output_dir)
+    return tracking_uri_for(cfg, info.get("tracking_uri"))
 
 
 @task(name="resolve-checkpoint", cache_policy=NO_CACHE)
@@ -140,7 +130,7 @@ def evaluate(
             {"checkpoint": ckpt.model_path, "samples": samples, "max_prompts": max_prompts}
         )
     eval_id = stamp
-    open_evaluation(eval_id, Evaluation(cfg, engine, out_dir, tracker, pool))
+    register(eval_id, Evaluation(cfg, engine, out_dir, tracker, pool))
     table: list[dict] = []
     try:
         for name in names:
@@ -167,7 +157,7 @@ def evaluate(
             description=f"checkpoint `{ckpt.model_path}` (step {ckpt.step}), k={samples}",
         )  # fmt: skip
     finally:
-        close_evaluation(eval_id)
+        release(eval_id)
         if not info.get("mlflow_run_id"):
             tracker.end("FINISHED" if len(table) == len(names) else "FAILED")
     tqdm.write(markdown)

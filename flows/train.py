@@ -159,7 +159,7 @@ def _machine_slot() -> contextlib.AbstractContextManager[object]:
 
 def _train(run_dir: Path, stop: _StopRequest) -> str:
     run = open_run(run_dir)
-    register(run)
+    register(run.run_id, run)
     cfg = run.cfg
     last = cfg.steps - 1
     status = "FAILED"

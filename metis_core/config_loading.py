@@ -1,5 +1,10 @@
 """Reading a run's config: a sparse YAML file plus `--set key=value` overrides, validated into a
-`RunConfig` with errors that name each bad key; and the markdown reference of every field."""
+`RunConfig` with errors that name each bad key; and the markdown reference of every field.
+
+Not pydantic-settings (installed with Prefect): its CLI source wants `--section.field value` flags
+with JSON values and owns the parser, while `--set a.b=[x, y]` takes YAML like the config files, and
+reading environment variables into a run's config would make a resumed run differ from its
+config.json; the layering here is 25 lines."""
 
 from __future__ import annotations
 

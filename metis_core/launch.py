@@ -18,7 +18,7 @@ from metis_core.data.pool import DatasetError, build_pool
 from metis_core.model.weights import cache_dir, resolve_model
 from metis_core.run import Run, new_sampler, read_json, task_prompt_ids, write_json
 from metis_core.store.outcomes import OutcomeStore
-from metis_core.tracking.mlflow_tracker import Tracker, default_tracking_uri
+from metis_core.tracking.mlflow_tracker import Tracker, tracking_uri_for
 from metis_core.tracking.registry import log_datasets
 
 log = logging.getLogger(__name__)
@@ -122,11 +122,7 @@ def open_run(run_dir: Path) -> Run:
     info_file = run_dir / "run.json"
     info = read_json(info_file) if info_file.is_file() else {}
 
-    tracking_uri = (
-        os.environ.get("MLFLOW_TRACKING_URI")
-        or cfg.tracking_uri
-        or default_tracking_uri(cfg.output_dir)
-    )
+    tracking_uri = tracking_uri_for(cfg, info.get("tracking_uri"))
     tracker = Tracker(tracking_uri, cfg.experiment, Path(cfg.output_dir) / "mlartifacts")
     if "incarnation" not in info:  # names this folder's MLflow run before it exists
         info["incarnation"] = uuid.uuid4().hex

@@ -1,7 +1,7 @@
 """The Prefect tasks of metis-eval: open the policy, run one benchmark, log the results.
 
 Like the training stages they pass small values (an evaluation id, names, file paths); the live
-engine stays in this process, looked up by the evaluation id.
+engine stays in this process, in tasks/runtime.py under the evaluation id.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from metis_core.config import RunConfig
 from metis_core.evaluation import benchmark_rows, metric_prefix
 from metis_core.metrics import accuracy_metrics
 from metis_core.run import derive_seed, task_prompt_ids, write_json
-from metis_core.stages.generation import generate_for_rows, score_row
+from metis_core.stages.generation import sample_and_score
+from tasks.runtime import lookup
 
 
 @dataclass
@@ -32,19 +33,6 @@ class Evaluation:
     pool: Any = None
 
 
-_OPEN: dict[str, Evaluation] = {}
-
-
-def open_evaluation(eval_id: str, evaluation: Evaluation) -> None:
-    _OPEN[eval_id] = evaluation
-
-
-def close_evaluation(eval_id: str) -> None:
-    evaluation = _OPEN.pop(eval_id, None)
-    if evaluation is not None:
-        evaluation.engine.close()
-
-
 @task(name="benchmark", cache_policy=NO_CACHE, task_run_name="benchmark-{benchmark}")
 def run_benchmark(
     eval_id: str,
@@ -55,7 +43,7 @@ def run_benchmark(
     seed: int,
 ) -> dict[str, Any]:
     """k samples per prompt of one benchmark, scored; returns its row of the results table."""
-    ev = _OPEN[eval_id]
+    ev = lookup(eval_id, Evaluation)
     started = time.perf_counter()
     rows = benchmark_rows(benchmark, limit=max_prompts, seed=seed, pool=ev.pool)
     prompts = [task_prompt_ids(ev.cfg, ev.engine.tokenizer, r) for r in rows]
@@ -67,30 +55,15 @@ def run_benchmark(
             f"{benchmark}: every prompt is longer than data.max_prompt_tokens="
             f"{ev.cfg.data.max_prompt_tokens}; raise it (and model.max_model_len)"
         )
-    groups = generate_for_rows(
+    results = sample_and_score(
         ev.engine,
         ev.cfg,
         rows,
         prompts,
-        n=samples,
+        k=samples,
         temperature=temperature,
-        logprobs=False,
         seed=derive_seed(seed, benchmark),
     )
-    results = []
-    for row, group in zip(rows, groups, strict=True):
-        texts = [c.text for c in group]
-        scores, reasons = score_row(ev.cfg, row, texts)
-        results.append(
-            {
-                "prompt_id": row["prompt_id"],
-                "task": row["task"],
-                "domain": row["domain"],
-                "scores": scores,
-                "completions": texts,
-                "reasons": reasons,
-            }
-        )
     safe = metric_prefix(benchmark).split("/", 1)[1]
     write_json(ev.out_dir / "samples" / f"{safe}.json", results)
     prefix = metric_prefix(benchmark)
@@ -111,7 +84,7 @@ def run_benchmark(
 @task(name="log-results", cache_policy=NO_CACHE)
 def log_results(eval_id: str, step: int, table: list[dict[str, Any]], markdown: str) -> None:
     """Metrics at the checkpoint's step, plus the results table and its markdown as artifacts."""
-    ev = _OPEN[eval_id]
+    ev = lookup(eval_id, Evaluation)
     tracker, out_dir = ev.tracker, ev.out_dir
     metrics: dict[str, float] = {}
     for row in table:

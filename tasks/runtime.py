@@ -1,30 +1,47 @@
-"""Live runs of this process, by run id.
+"""What this process holds live for its Prefect tasks: training runs and evaluations, by id.
 
 Engines and trainers cannot travel between Prefect tasks (they are neither small nor
-serialisable), so tasks receive a run id and look the live `Run` up here.
+serialisable), so tasks receive an id (a run id, an evaluation id) and look the live object up
+here; `release` closes its engine.
 """
 
 from __future__ import annotations
 
+from typing import Any, Protocol, TypeVar
+
 from metis_core.run import Run
 
-_RUNS: dict[str, Run] = {}
+
+class _Live(Protocol):
+    engine: Any
 
 
-def register(run: Run) -> None:
-    _RUNS[run.run_id] = run
+T = TypeVar("T", bound=_Live)
+_LIVE: dict[str, _Live] = {}
+
+
+def register(key: str, live: _Live) -> None:
+    """`live` (a Run, an Evaluation) is open in this process under `key`."""
+    _LIVE[key] = live
+
+
+def lookup(key: str, kind: type[T]) -> T:
+    """The open `kind` under `key`; RuntimeError saying how to open one otherwise."""
+    live = _LIVE.get(key)
+    if not isinstance(live, kind):
+        raise RuntimeError(
+            f"no {kind.__name__} {key!r} is open in this process; start it with "
+            + ("`metis train`" if kind is Run else "`metis eval`")
+        )
+    return live
 
 
 def live_run(run_id: str) -> Run:
-    try:
-        return _RUNS[run_id]
-    except KeyError:
-        raise RuntimeError(
-            f"run {run_id!r} is not open in this process; start it with `metis train`"
-        ) from None
+    return lookup(run_id, Run)
 
 
-def release(run_id: str) -> None:
-    run = _RUNS.pop(run_id, None)
-    if run is not None:
-        run.engine.close()
+def release(key: str) -> None:
+    """Forget what is open under `key` and close its engine (a no-op when nothing is)."""
+    live = _LIVE.pop(key, None)
+    if live is not None:
+        live.engine.close()

@@ -1,4 +1,5 @@
-"""Generating and scoring completions for pool rows of any domain (rollout and evaluation share it).
+"""Generating and scoring completions for pool rows of any domain (rollout and evaluation share it;
+`sample_and_score` is the one evaluation path of training and `metis eval`).
 
 Each domain decodes with its own limits (a function body needs more tokens than an arithmetic
 answer, and different stop strings), so rows are generated in one engine call per domain.
@@ -56,3 +57,36 @@ def score_row(
 ) -> tuple[list[float], list[str | None]]:
     """Rewards in [0, 1] and failure reasons, from the row's scorer in its domain's reward mode."""
     return score_completions(row["reward"], completions, row, reward_mode(cfg, row))
+
+
+def sample_and_score(
+    engine: Any,
+    cfg: RunConfig,
+    rows: Sequence[dict[str, Any]],
+    prompts: Sequence[Sequence[int]],
+    *,
+    k: int,
+    temperature: float,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """k completions per row, scored: one result per row (prompt_id, task, domain, difficulty,
+    scores, completions, reasons), what `metis_core.metrics.accuracy_metrics` reads."""
+    groups = generate_for_rows(
+        engine, cfg, rows, prompts, n=k, temperature=temperature, logprobs=False, seed=seed
+    )
+    results = []
+    for row, group in zip(rows, groups, strict=True):
+        texts = [c.text for c in group]
+        scores, reasons = score_row(cfg, row, texts)
+        results.append(
+            {
+                "prompt_id": row["prompt_id"],
+                "task": row["task"],
+                "domain": row.get("domain") or "math",
+                "difficulty": row.get("difficulty", "default"),
+                "scores": scores,
+                "completions": texts,
+                "reasons": reasons,
+            }
+        )
+    return results

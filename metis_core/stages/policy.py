@@ -11,7 +11,7 @@ from metis_core.failpoints import failpoint
 from metis_core.metrics import accuracy_metrics, spread_over_domains
 from metis_core.run import Run, read_json, trains_judge, write_json
 from metis_core.stages.curriculum import judgment_regex
-from metis_core.stages.generation import generate_for_rows, score_row
+from metis_core.stages.generation import sample_and_score
 from metis_core.tracking.registry import register_checkpoint
 from metis_core.trainer.policy_trainer import JudgmentBatch, RolloutBatch
 
@@ -95,32 +95,17 @@ def evaluate(run: Run, step: int) -> dict[str, float]:
     all held-out prompts, per domain and per task. The prompts are spread evenly over the domains."""
     cfg = run.cfg.eval
     rows = spread_over_domains(run.rows("heldout"), cfg.max_prompts)
-    k = cfg.samples
-    prompts = [run.task_prompt_ids(r) for r in rows]
-    groups = generate_for_rows(
+    results = sample_and_score(
         run.engine,
         run.cfg,
         rows,
-        prompts,
-        n=k,
+        [run.task_prompt_ids(r) for r in rows],
+        k=cfg.samples,
         temperature=cfg.temperature,
-        logprobs=False,
         seed=run.engine_seed(step, "evaluate"),
     )
-    results = []
-    for row, group in zip(rows, groups, strict=True):
-        scores, _ = score_row(run.cfg, row, [c.text for c in group])
-        results.append(
-            {
-                "prompt_id": row["prompt_id"],
-                "task": row["task"],
-                "domain": row["domain"],
-                "difficulty": row["difficulty"],
-                "scores": scores,
-            }
-        )
     write_json(run.step_file(step, "evaluation"), results)
-    return accuracy_metrics(results, k, prefix="eval")
+    return accuracy_metrics(results, cfg.samples, prefix="eval")
 
 
 def latest_heldout_accuracy(run: Run) -> float | None:

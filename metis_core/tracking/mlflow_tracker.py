@@ -26,9 +26,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+
+if TYPE_CHECKING:
+    from metis_core.config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,18 @@ def source_tags() -> dict[str, str]:
 
 def default_tracking_uri(output_dir: str | Path) -> str:
     return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+def tracking_uri_for(cfg: RunConfig, recorded: str | None = None) -> str:
+    """Where a run logs: MLFLOW_TRACKING_URI, else the store its MLflow run was created in
+    (`recorded`, from run.json), else the config's `tracking_uri`, else a sqlite file under the
+    output dir. Training, resuming and `metis eval` all decide it here."""
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or recorded
+        or cfg.tracking_uri
+        or default_tracking_uri(cfg.output_dir)
+    )
 
 
 class Tracker:
