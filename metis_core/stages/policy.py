@@ -110,9 +110,7 @@ def evaluate(run: Run, step: int) -> dict[str, float]:
 
 def latest_heldout_accuracy(run: Run) -> float | None:
     """The policy's most recent held-out avg@k (the steps table), None before any evaluation."""
-    key = f"eval/avg_at_{run.cfg.eval.samples}"
-    found = [m[key] for _, m in run.store.step_metrics(run.run_id) if key in m]
-    return float(found[-1]) if found else None
+    return run.store.latest_metric(run.run_id, f"eval/avg_at_{run.cfg.eval.samples}")
 
 
 def checkpoint(

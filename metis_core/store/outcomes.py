@@ -262,6 +262,19 @@ class OutcomeStore:
             ).fetchall()
         return [(step, json.loads(metrics)) for step, metrics in rows]
 
+    def latest_metric(self, run_id: str, key: str) -> float | None:
+        """The newest recorded value of one metric, None if no step has it. Reads one row, not
+        the whole steps table: a checkpoint asks this at every save of a long run."""
+        path = "$." + json.dumps(key)  # a quoted member: keys hold `/` and `@`
+        with self._connect() as con:
+            found = con.execute(
+                "SELECT CAST(json_extract(metrics, ?) AS DOUBLE) AS v FROM steps "
+                "WHERE run_id = ? AND json_extract(metrics, ?) IS NOT NULL "
+                "ORDER BY step DESC LIMIT 1",
+                [path, run_id, path],
+            ).fetchone()
+        return None if found is None else float(found[0])
+
     def count(self, table: str, run_id: str, step: int | None = None) -> int:
         if table not in ("outcomes", "judgments", "steps"):
             raise ValueError(f"unknown table {table!r}")

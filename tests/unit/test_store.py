@@ -146,3 +146,18 @@ def test_memory_queries_over_a_window_equal_the_whole_history(tmp_path):
     assert [(p[0], p[5]) for p in past] == [(p, st) for p, st in sorted(
         {(prompts[(st * 4 + j) % 40], st) for st in range(300) for j in range(4)},
         key=lambda x: (-x[1], x[0]))][:100]  # fmt: skip
+
+
+def test_latest_metric_is_the_newest_step_that_has_it(store):
+    store.record_step("r", -1, {"eval/avg_at_4": 0.25, "train/loss": 1.0})
+    store.record_step("r", 0, {"train/loss": 0.5})
+    store.record_step("r", 7, {"eval/avg_at_4": 0.75, "eval/task/my task:v2": 0.5})
+    store.record_step("r", 8, {"train/loss": 0.25})
+    store.record_step("other", 9, {"eval/avg_at_4": 0.9})
+    assert store.latest_metric("r", "eval/avg_at_4") == 0.75
+    assert store.latest_metric("r", "train/loss") == 0.25
+    assert store.latest_metric("r", "eval/task/my task:v2") == 0.5  # quoted, not a JSON path
+    assert store.latest_metric("r", "eval/pass_at_4") is None
+    assert store.latest_metric("nobody", "train/loss") is None
+    full = [m["eval/avg_at_4"] for _, m in store.step_metrics("r") if "eval/avg_at_4" in m]
+    assert store.latest_metric("r", "eval/avg_at_4") == full[-1]
