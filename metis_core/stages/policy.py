@@ -9,11 +9,11 @@ from metis_core import checkpoints
 from metis_core.domains import decoding_regex
 from metis_core.failpoints import failpoint
 from metis_core.metrics import accuracy_metrics, spread_over_domains
+from metis_core.ports import JudgmentBatch, RolloutBatch
 from metis_core.run import Run, read_json, trains_judge, write_json
 from metis_core.stages.curriculum import judgment_regex
 from metis_core.stages.generation import generate_for_rows, score_row
 from metis_core.tracking.registry import register_checkpoint
-from metis_core.trainer.policy_trainer import JudgmentBatch, RolloutBatch
 
 SYNC_PROBE = "Sync probe: 12 + 30 = 42."
 
