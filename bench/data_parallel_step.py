@@ -37,7 +37,8 @@ def main() -> None:
     import torch
 
     from metis_core.config import TrainerConfig
-    from metis_core.trainer.policy_trainer import JudgmentBatch, PolicyTrainer, RolloutBatch
+    from metis_core.ports import JudgmentBatch, RolloutBatch
+    from metis_core.trainer.policy_trainer import PolicyTrainer
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     rng = random.Random(0)

@@ -32,8 +32,9 @@ def main() -> None:
     from metis_core.judgment import JUDGMENT_REGEX, CalibrationExample, judgment_messages
     from metis_core.launch import build_run_pool, configure_runtime_environment
     from metis_core.model.weights import resolve_model
+    from metis_core.ports import RolloutBatch
     from metis_core.run import task_prompt_ids
-    from metis_core.trainer.policy_trainer import PolicyTrainer, RolloutBatch
+    from metis_core.trainer.policy_trainer import PolicyTrainer
 
     configure_runtime_environment()
     cfg = RunConfig()

@@ -36,7 +36,8 @@ def main() -> None:
     from metis_core.config_loading import load_config
     from metis_core.launch import configure_runtime_environment
     from metis_core.model.weights import resolve_model
-    from metis_core.trainer.policy_trainer import JudgmentBatch, PolicyTrainer, RolloutBatch
+    from metis_core.ports import JudgmentBatch, RolloutBatch
+    from metis_core.trainer.policy_trainer import PolicyTrainer
 
     configure_runtime_environment()
     cfg = load_config(overrides=[f"trainer.{o}" for o in args.overrides]).trainer

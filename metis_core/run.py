@@ -22,14 +22,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from metis_core.algorithms import MovingAverageBaseline
 from metis_core.config import RunConfig
 from metis_core.domains import task_chat
+from metis_core.ports import Engine, Store, Tokenizer, Tracker, Trainer
 from metis_core.samplers import Sampler, make_sampler
+
+if TYPE_CHECKING:  # only annotated: importing datasets costs a second
+    from datasets import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +57,12 @@ class Run:
     run_id: str
     run_dir: Path
     model_dir: Path
-    pool: Any
-    """The prompt pool (HF Dataset) with prompt_id, prompt, answer, task, difficulty, metadata, split."""
-    engine: Any
-    trainer: Any
-    store: Any
-    tracker: Any
+    pool: Dataset
+    """The prompt pool with prompt_id, prompt, answer, task, difficulty, metadata, split."""
+    engine: Engine
+    trainer: Trainer
+    store: Store
+    tracker: Tracker
     sampler: Sampler
     baseline: MovingAverageBaseline
     start_step: int = 0
@@ -160,7 +164,7 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def task_prompt_ids(cfg: RunConfig, tokenizer: Any, row: dict[str, Any]) -> list[int]:
+def task_prompt_ids(cfg: RunConfig, tokenizer: Tokenizer, row: dict[str, Any]) -> list[int]:
     messages, prefill = task_chat(cfg, row)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tokenizer.encode(text + prefill, add_special_tokens=False)

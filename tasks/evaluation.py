@@ -10,7 +10,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -18,19 +18,24 @@ from prefect.cache_policies import NO_CACHE
 from metis_core.config import RunConfig
 from metis_core.evaluation import benchmark_rows, metric_prefix
 from metis_core.metrics import accuracy_metrics
+from metis_core.ports import Engine, Tracker
 from metis_core.run import derive_seed, task_prompt_ids, write_json
 from metis_core.stages.generation import sample_and_score
 from tasks.runtime import lookup
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 @dataclass
 class Evaluation:
     cfg: RunConfig
-    engine: Any
+    engine: Engine
     out_dir: Path
-    tracker: Any
+    tracker: Tracker
     """Where the results go in MLflow: the training run's, or a run of the evaluation's own."""
-    pool: Any = None
+    pool: Dataset | None = None
+    """The training run's pool (for the `heldout` benchmark), if there is one."""
 
 
 @task(name="benchmark", cache_policy=NO_CACHE, task_run_name="benchmark-{benchmark}")

@@ -7,13 +7,14 @@ here; `release` closes its engine.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
+from metis_core.ports import Engine
 from metis_core.run import Run
 
 
 class _Live(Protocol):
-    engine: Any
+    engine: Engine
 
 
 T = TypeVar("T", bound=_Live)

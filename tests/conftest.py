@@ -1,8 +1,11 @@
+import ast
+import inspect
 import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -115,6 +118,80 @@ def tiny_overrides(model, out, steps=2, extra=()):
         "judge.scoring=sampled",
         *extra,
     ]
+
+
+def port_mismatches(cls: type, port: type) -> list[str]:
+    """How `cls` fails to satisfy the Protocol `port` (metis_core/ports.py), by inspection, without
+    making one (so no vLLM or DeepSpeed starts): each of the port's attributes must be a class
+    attribute or be assigned as `self.<name>` in the class's code; each method must exist and take
+    the port's arguments the way the port passes them (position, name, default), and require no
+    other. runtime_checkable protocols would compare names only, and only on an instance."""
+    problems = []
+    attributes = [n for n in getattr(port, "__annotations__", {}) if not n.startswith("_")]
+    assigned = set()  # annotated in the class body, or assigned to `self.<name>` in its code
+    for klass in cls.__mro__[:-1]:
+        assigned |= set(getattr(klass, "__annotations__", {}))
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        assigned |= {
+            node.attr
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and getattr(node.value, "id", "") == "self"
+        }
+    for name in attributes:
+        if not hasattr(cls, name) and name not in assigned:
+            problems.append(f"{cls.__name__} has no attribute {name}")
+    methods = [n for n, v in vars(port).items() if inspect.isfunction(v) and not n.startswith("_")]
+    for name in methods:
+        impl = getattr(cls, name, None)
+        if not callable(impl):
+            problems.append(f"{cls.__name__} has no method {name}")
+            continue
+        wanted = list(inspect.signature(getattr(port, name)).parameters.values())[1:]
+        given = list(inspect.signature(impl).parameters.values())[1:]
+        problems += [f"{cls.__name__}.{name}: {p}" for p in _signature_gaps(wanted, given)]
+    return problems
+
+
+def _signature_gaps(wanted: list, given: list) -> list[str]:
+    """Why a method with parameters `given` cannot be called as the port's `wanted` are passed."""
+    P = inspect.Parameter
+    by_name = {p.name: p for p in given}
+    varargs = any(p.kind is P.VAR_POSITIONAL for p in given)
+    varkw = any(p.kind is P.VAR_KEYWORD for p in given)
+    positional = [p for p in given if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
+    gaps, used = [], set()
+    for i, w in enumerate(wanted):
+        if w.kind in (P.VAR_POSITIONAL, P.VAR_KEYWORD):
+            continue
+        if w.kind is P.POSITIONAL_ONLY:
+            match = positional[i] if i < len(positional) else None
+            if match is None and not varargs:
+                gaps.append(f"takes no positional argument {i} ({w.name})")
+        else:
+            match = by_name.get(w.name)
+            if match is not None and match.kind is P.POSITIONAL_ONLY:
+                match = None
+            moved = i >= len(positional) or positional[i].name != w.name
+            if w.kind is P.POSITIONAL_OR_KEYWORD and match is not None and moved:
+                gaps.append(f"takes {w.name} at another position")
+            if match is None and not varkw:
+                gaps.append(f"takes no argument {w.name!r}")
+        if match is not None:
+            used.add(match.name)
+            if w.default is not P.empty and match.default is P.empty:
+                gaps.append(f"requires {match.name}, which the port leaves out")
+    required = [
+        g for g in given if g.default is P.empty and g.kind not in (P.VAR_POSITIONAL, P.VAR_KEYWORD)
+    ]
+    gaps += [
+        f"requires {g.name}, which the port never passes" for g in required if g.name not in used
+    ]
+    return gaps
 
 
 @pytest.fixture

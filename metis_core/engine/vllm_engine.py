@@ -17,21 +17,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from metis_core.ports import Completion
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Completion:
-    token_ids: list[int]
-    text: str
-    logprobs: list[float]
-    """The log-prob of each sampled token under the distribution it was sampled from (masked by
-    the decoding constraint, at the sampling temperature, after top-p); empty unless asked for."""
 
 
 def _configure_environment() -> None:

@@ -12,12 +12,13 @@ from typing import Any
 
 from metis_core.config import RunConfig
 from metis_core.domains import decoding_regex, reward_mode
+from metis_core.ports import Completion, Engine
 from metis_core.rewards import score_completions
 from metis_core.run import derive_seed
 
 
 def generate_for_rows(
-    engine: Any,
+    engine: Engine,
     cfg: RunConfig,
     rows: Sequence[dict[str, Any]],
     prompts: Sequence[Sequence[int]],
@@ -27,13 +28,13 @@ def generate_for_rows(
     top_p: float = 1.0,
     logprobs: bool = True,
     seed: int,
-) -> list[list[Any]]:
+) -> list[list[Completion]]:
     """n completions per row (`prompts` are the rows' token ids), in row order, each decoded with
     its domain's limits; `seed` fixes the samples (each domain's call derives its own from it)."""
     by_domain: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
         by_domain.setdefault(row.get("domain") or "math", []).append(i)
-    out: list[list[Any]] = [[] for _ in rows]
+    out: list[list[Completion]] = [[] for _ in rows]
     for domain, indices in by_domain.items():
         limits = cfg.domain(domain)
         groups = engine.generate(
@@ -60,7 +61,7 @@ def score_row(
 
 
 def sample_and_score(
-    engine: Any,
+    engine: Engine,
     cfg: RunConfig,
     rows: Sequence[dict[str, Any]],
     prompts: Sequence[Sequence[int]],

@@ -9,11 +9,10 @@ from metis_core import checkpoints
 from metis_core.domains import decoding_regex
 from metis_core.failpoints import failpoint
 from metis_core.metrics import accuracy_metrics, spread_over_domains
+from metis_core.ports import JudgmentBatch, RolloutBatch
 from metis_core.run import Run, read_json, trains_judge, write_json
 from metis_core.stages.curriculum import judgment_regex
 from metis_core.stages.generation import sample_and_score
-from metis_core.tracking.registry import register_checkpoint
-from metis_core.trainer.policy_trainer import JudgmentBatch, RolloutBatch
 
 SYNC_PROBE = "Sync probe: 12 + 30 = 42."
 
@@ -136,7 +135,7 @@ def checkpoint(
         run.tracker.set_tag("metis.latest_checkpoint", manifest["hf_export"])
         if run.cfg.register_checkpoints:
             accuracy = latest_heldout_accuracy(run)
-            register_checkpoint(run.tracker, manifest["hf_export"], step, run.run_id, accuracy)
+            run.tracker.register_checkpoint(manifest["hf_export"], step, run.run_id, accuracy)
         before_commit()
 
     return checkpoints.write(run.checkpoint_dir, step, save, keep).path

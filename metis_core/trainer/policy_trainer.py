@@ -23,7 +23,6 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from metis_core.batch import (
     response_values,
 )
 from metis_core.config import TrainerConfig
+from metis_core.ports import JudgmentBatch, RolloutBatch
 from metis_core.trainer.distributed import across_ranks, init_single_process_distributed
 from metis_core.trainer.forward import (
     full_logprobs,
@@ -59,40 +59,6 @@ from metis_core.trainer.rollout_correction import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RolloutBatch:
-    """B*n sampled sequences, their advantages, and how they were sampled."""
-
-    prompt_ids: list[list[int]]
-    response_ids: list[list[int]]
-    advantages: list[float]
-    engine_logprobs: list[list[float]] | None = None
-    """The engine's log-prob of each sampled token (its sampling distribution); None skips the
-    mismatch check and the importance correction."""
-    temperature: float = 1.0
-    """The temperature the responses were sampled at."""
-    top_p: float = 1.0
-    """The nucleus mass they were sampled with."""
-    regexes: list[str | None] | None = None
-    """Per row, the regex its decoding was constrained to (None: unconstrained)."""
-
-
-@dataclass
-class JudgmentBatch:
-    """|S_t| judgments of the selected prompts, their rewards, and the baseline b_t."""
-
-    prompt_ids: list[list[int]]
-    judgment_ids: list[list[int]]
-    rewards: list[float]
-    baseline: float
-    engine_logprobs: list[list[float]] | None = None
-    """The engine's log-prob of each emitted judgment token; None skips check and correction."""
-    temperature: float = 1.0
-    """The temperature the judgments were sampled at."""
-    regexes: list[str | None] | None = None
-    """Per judgment, the regex its decoding was constrained to (None: unconstrained)."""
 
 
 def deepspeed_config(cfg: TrainerConfig) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def test_constrained_logprobs_are_those_of_the_masked_distribution(engine, train
 def test_an_update_with_logprobs_too_far_from_the_engine_stops_before_changing_weights(
     engine, trainer
 ):
-    from metis_core.trainer.policy_trainer import RolloutBatch
+    from metis_core.ports import RolloutBatch
     from metis_core.trainer.rollout_correction import EngineTrainerMismatch
 
     engine.load_weights(trainer.named_weights())

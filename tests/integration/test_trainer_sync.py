@@ -26,7 +26,8 @@ def max_gap(a, b):
 @pytest.mark.parametrize(("zero_stage", "ppo_epochs"), [(0, 1), (2, 2)])
 def test_update_then_sync(engine, tiny_model, zero_stage, ppo_epochs):
     from metis_core.config import TrainerConfig
-    from metis_core.trainer.policy_trainer import JudgmentBatch, PolicyTrainer, RolloutBatch
+    from metis_core.ports import JudgmentBatch, RolloutBatch
+    from metis_core.trainer.policy_trainer import PolicyTrainer
 
     cfg = TrainerConfig(
         lr=1e-3, zero_stage=zero_stage, ppo_epochs=ppo_epochs, micro_batch_size=4, precision="fp32"
@@ -66,7 +67,8 @@ def test_the_judge_term_is_applied_once_whatever_ppo_epochs(tiny_model):
     """REINFORCE is on-policy: the judge's gradient enters the first epoch's step only, so its
     weight does not grow with ppo_epochs. Zero advantages leave the judge term alone in the loss."""
     from metis_core.config import TrainerConfig
-    from metis_core.trainer.policy_trainer import JudgmentBatch, PolicyTrainer, RolloutBatch
+    from metis_core.ports import JudgmentBatch, RolloutBatch
+    from metis_core.trainer.policy_trainer import PolicyTrainer
 
     trainer = PolicyTrainer(
         tiny_model, TrainerConfig(ppo_epochs=3, micro_batch_size=4), max_response_tokens=8
