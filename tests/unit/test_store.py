@@ -161,3 +161,22 @@ def test_latest_metric_is_the_newest_step_that_has_it(store):
     assert store.latest_metric("nobody", "train/loss") is None
     full = [m["eval/avg_at_4"] for _, m in store.step_metrics("r") if "eval/avg_at_4" in m]
     assert store.latest_metric("r", "eval/avg_at_4") == full[-1]
+
+
+def test_steps_recorded_as_json_by_older_versions_stay_readable(store):
+    import json
+
+    with store._connect() as con:  # what metis wrote before step_values existed
+        con.execute(
+            "INSERT INTO steps (run_id, step, metrics) VALUES ('r', 0, ?), ('r', 1, ?)",
+            [json.dumps({"eval/avg_at_4": 0.25, "n": 3}), json.dumps({"train/loss": 0.5})],
+        )
+    store.record_step("r", 2, {"train/loss": 0.25, "judge/rho": None, "audit/lift": float("nan")})
+    store.record_step("r", 1, {"train/loss": 0.4})  # a replayed step replaces the old one
+    got = dict(store.step_metrics("r"))
+    assert got[0] == {"eval/avg_at_4": 0.25, "n": 3}
+    assert got[1] == {"train/loss": 0.4} and got[2]["train/loss"] == 0.25
+    assert got[2]["judge/rho"] is None and got[2]["audit/lift"] != got[2]["audit/lift"]  # NaN
+    assert store.latest_metric("r", "eval/avg_at_4") == 0.25
+    assert store.latest_metric("r", "train/loss") == 0.25
+    assert store.count("steps", "r") == 3
