@@ -19,6 +19,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Crashed, State
 from tqdm.auto import tqdm
 
 from metis_core.config_loading import load_config
@@ -80,6 +81,31 @@ class _StopRequest:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+PREEMPTED = "Preempted"  # the state a flow run stopped by SIGTERM ends in (automations.yaml)
+
+
+def _preempted(err: Preempted) -> State:
+    """How a flow run stopped by SIGTERM ends in Prefect: Crashed, named Preempted (the event
+    `prefect.flow-run.Preempted`: the resume automation puts it back on the queue, as it does a
+    crash), not Failed, which stays for real errors and is never resumed by itself. Except when a
+    person cancelled the flow run (Prefect's worker sends the same SIGTERM, to a run it has put
+    in Cancelling): then `err` is raised and the run ends Cancelled."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is not None and ctx.flow_run is not None:
+        try:
+            with get_client(sync_client=True) as client:
+                now = client.read_flow_run(ctx.flow_run.id).state
+        except Exception as read_err:  # no answer: a preemption (max_attempts bounds the retries)
+            tqdm.write(f"metis: could not read the flow run's state ({read_err}); preempted")
+            now = None
+        if now is not None and now.is_cancelling():
+            raise err
+    return Crashed(name=PREEMPTED, message=str(err), data=err)
+
+
 def _flow_run_suffix() -> str:
     """`<created>-<id>` of this Prefect flow run: the same for every retry of it (a retry keeps
     the flow run), so a Retry from the Prefect UI or a crash automation continues the run."""
@@ -118,8 +144,9 @@ def train(
     resume: str | None = None,
     run_id: str | None = None,
     max_attempts: int = 5,
-) -> str:
-    """Train a policy with a self-judged curriculum. Returns the run folder.
+) -> str | State:
+    """Train a policy with a self-judged curriculum. Returns the run folder; stopped by SIGTERM,
+    the flow run ends Preempted (a Crashed state) and calling the flow raises `Preempted`.
 
     config_file: YAML config (sparse); overrides: `key=value` strings; resume: a run folder to
     continue from its latest checkpoint; run_id: the run's name under output_dir (an unfinished
@@ -138,7 +165,10 @@ def train(
         tqdm.write(f"metis: {run_dir.name} already finished all its steps; nothing to do")
         return str(run_dir)
     with _StopRequest() as stop, _machine_slot():
-        return _train(run_dir, stop)
+        try:
+            return _train(run_dir, stop)
+        except Preempted as err:
+            return _preempted(err)  # (calling the flow raises err all the same)
 
 
 MACHINE_LIMIT = "metis-machine"
