@@ -7,10 +7,11 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from prefect import flow, task
 from prefect.artifacts import (
@@ -87,23 +88,59 @@ PREEMPTED = "Preempted"  # the state a flow run stopped by SIGTERM ends in (auto
 def _preempted(err: Preempted) -> State:
     """How a flow run stopped by SIGTERM ends in Prefect: Crashed, named Preempted (the event
     `prefect.flow-run.Preempted`: the resume automation puts it back on the queue, as it does a
-    crash), not Failed, which stays for real errors and is never resumed by itself. Except when a
-    person cancelled the flow run (Prefect's worker sends the same SIGTERM, to a run it has put
-    in Cancelling): then `err` is raised and the run ends Cancelled."""
-    from prefect.client.orchestration import get_client
+    crash), not Failed, which stays for real errors and is never resumed by itself. Proposed,
+    not forced: a run a person cancelled (the worker sends the same SIGTERM to a Cancelling run)
+    refuses it and ends Cancelled. Calling the flow raises `err` all the same."""
+    state = Crashed(name=PREEMPTED, message=str(err), data=err)
+    if _own_process():
+        _report_and_exit(state)
+    return state
+
+
+def _own_process() -> bool:
+    """Whether this process exists only to run this flow run: the one a worker started for it
+    (`python -m prefect.engine`, with the flow run's id in PREFECT__FLOW_RUN_ID), not a subflow
+    and not an in-process `metis train`."""
     from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
-    if ctx is not None and ctx.flow_run is not None:
-        try:
-            with get_client(sync_client=True) as client:
-                now = client.read_flow_run(ctx.flow_run.id).state
-        except Exception as read_err:  # no answer: a preemption (max_attempts bounds the retries)
-            tqdm.write(f"metis: could not read the flow run's state ({read_err}); preempted")
-            now = None
-        if now is not None and now.is_cancelling():
-            raise err
-    return Crashed(name=PREEMPTED, message=str(err), data=err)
+    run = ctx.flow_run if ctx is not None else None
+    return run is not None and os.environ.get("PREFECT__FLOW_RUN_ID") == str(run.id)
+
+
+def _report_and_exit(state: State) -> NoReturn:
+    """Report `state` for this flow run and end the process at once, with 0 (the state is
+    reported). Not through Prefect's engine: its teardown takes seconds (vLLM, torch), during
+    which the automation has already put the run back on the queue and a worker starts it again
+    beside this process; the worker would then report this process's non-zero exit as a crash
+    of the new attempt (the walkthrough test saw two processes of one flow run that way). Events
+    (the checkpoint's), logs and output are sent first."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    run = FlowRunContext.get().flow_run  # type: ignore[union-attr]
+    tqdm.write(f"metis: flow run {run.name}: {state.name}: {state.message}")
+    for send in (lambda: EventsWorker.drain_all(timeout=30), APILogHandler.flush):
+        with contextlib.suppress(Exception):  # (what could not be sent is lost, not fatal)
+            send()
+    try:
+        with get_client(sync_client=True) as client:
+            reply = client.set_flow_run_state(
+                run.id, Crashed(name=state.name, message=state.message)
+            )
+    except Exception as err:  # then the worker reports the exit as a crash, resumed all the same
+        tqdm.write(f"metis: could not report {state.name} ({type(err).__name__}: {err})")
+        _flush_and_exit(143)
+    tqdm.write(f"metis: Prefect answered {reply.status.value} ({reply.state and reply.state.name})")
+    _flush_and_exit(0)
+
+
+def _flush_and_exit(code: int) -> NoReturn:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _flow_run_suffix() -> str:
@@ -168,7 +205,8 @@ def train(
         try:
             return _train(run_dir, stop)
         except Preempted as err:
-            return _preempted(err)  # (calling the flow raises err all the same)
+            preempted = err
+    return _preempted(preempted)  # (after the machine slot is given back)
 
 
 MACHINE_LIMIT = "metis-machine"

@@ -65,6 +65,34 @@ def test_a_cancelled_run_is_not_made_a_preemption(run_flow):
     assert state.type.value == "CANCELLING"  # the worker makes it Cancelled once it has exited
 
 
+def test_a_worker_started_process_reports_preempted_and_exits_at_once(run_flow, monkeypatch):
+    """Not through the engine's teardown, in which the automation would already have started the
+    run again beside it, and with 0: the worker must not report a crash of the new attempt."""
+    exits, ids = [], []
+
+    def exit_now(code):
+        exits.append(code)
+        raise _Exited
+
+    def preempted():
+        ids.append(FlowRunContext.get().flow_run.id)
+        monkeypatch.setenv("PREFECT__FLOW_RUN_ID", str(ids[0]))
+        raise train_flow.Preempted("stopped by SIGTERM after step 1, checkpointed")
+
+    monkeypatch.setattr(train_flow.os, "_exit", exit_now)
+    with pytest.raises(_Exited):
+        run_flow(preempted)
+    assert exits == [0]
+    with get_client(sync_client=True) as client:
+        states = sorted(client.read_flow_run_states(ids[0]), key=lambda s: s.timestamp)
+    names = [s.name for s in states]
+    assert names[names.index("Running") + 1] == train_flow.PREEMPTED, names
+
+
+class _Exited(BaseException):
+    """Stands for the process's end in the test (the engine then records a crash: no matter)."""
+
+
 def test_the_resume_automation_takes_crashed_and_preempted_runs_only():
     (automation,) = yaml.safe_load((REPO / "infra/prefect/automations.yaml").read_text())[
         "automations"
