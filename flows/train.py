@@ -7,10 +7,11 @@ import math
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from prefect import flow, task
 from prefect.artifacts import (
@@ -19,6 +20,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Crashed, State
 from tqdm.auto import tqdm
 
 from metis_core.config_loading import load_config
@@ -80,6 +82,67 @@ class _StopRequest:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+PREEMPTED = "Preempted"  # the state a flow run stopped by SIGTERM ends in (automations.yaml)
+
+
+def _preempted(err: Preempted) -> State:
+    """How a flow run stopped by SIGTERM ends in Prefect: Crashed, named Preempted (the event
+    `prefect.flow-run.Preempted`: the resume automation puts it back on the queue, as it does a
+    crash), not Failed, which stays for real errors and is never resumed by itself. Proposed,
+    not forced: a run a person cancelled (the worker sends the same SIGTERM to a Cancelling run)
+    refuses it and ends Cancelled. Calling the flow raises `err` all the same."""
+    state = Crashed(name=PREEMPTED, message=str(err), data=err)
+    if _own_process():
+        _report_and_exit(state)
+    return state
+
+
+def _own_process() -> bool:
+    """Whether this process exists only to run this flow run: the one a worker started for it
+    (`python -m prefect.engine`, with the flow run's id in PREFECT__FLOW_RUN_ID), not a subflow
+    and not an in-process `metis train`."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    run = ctx.flow_run if ctx is not None else None
+    return run is not None and os.environ.get("PREFECT__FLOW_RUN_ID") == str(run.id)
+
+
+def _report_and_exit(state: State) -> NoReturn:
+    """Report `state` for this flow run and end the process at once, with 0 (the state is
+    reported). Not through Prefect's engine: its teardown takes seconds (vLLM, torch), during
+    which the automation has already put the run back on the queue and a worker starts it again
+    beside this process; the worker would then report this process's non-zero exit as a crash
+    of the new attempt (the walkthrough test saw two processes of one flow run that way). Events
+    (the checkpoint's), logs and output are sent first."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogHandler
+
+    run = FlowRunContext.get().flow_run  # type: ignore[union-attr]
+    tqdm.write(f"metis: flow run {run.name}: {state.name}: {state.message}")
+    for send in (lambda: EventsWorker.drain_all(timeout=30), APILogHandler.flush):
+        with contextlib.suppress(Exception):  # (what could not be sent is lost, not fatal)
+            send()
+    try:
+        with get_client(sync_client=True) as client:
+            reply = client.set_flow_run_state(
+                run.id, Crashed(name=state.name, message=state.message)
+            )
+    except Exception as err:  # then the worker reports the exit as a crash, resumed all the same
+        tqdm.write(f"metis: could not report {state.name} ({type(err).__name__}: {err})")
+        _flush_and_exit(143)
+    tqdm.write(f"metis: Prefect answered {reply.status.value} ({reply.state and reply.state.name})")
+    _flush_and_exit(0)
+
+
+def _flush_and_exit(code: int) -> NoReturn:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _flow_run_suffix() -> str:
     """`<created>-<id>` of this Prefect flow run: the same for every retry of it (a retry keeps
     the flow run), so a Retry from the Prefect UI or a crash automation continues the run."""
@@ -118,8 +181,9 @@ def train(
     resume: str | None = None,
     run_id: str | None = None,
     max_attempts: int = 5,
-) -> str:
-    """Train a policy with a self-judged curriculum. Returns the run folder.
+) -> str | State:
+    """Train a policy with a self-judged curriculum. Returns the run folder; stopped by SIGTERM,
+    the flow run ends Preempted (a Crashed state) and calling the flow raises `Preempted`.
 
     config_file: YAML config (sparse); overrides: `key=value` strings; resume: a run folder to
     continue from its latest checkpoint; run_id: the run's name under output_dir (an unfinished
@@ -138,7 +202,11 @@ def train(
         tqdm.write(f"metis: {run_dir.name} already finished all its steps; nothing to do")
         return str(run_dir)
     with _StopRequest() as stop, _machine_slot():
-        return _train(run_dir, stop)
+        try:
+            return _train(run_dir, stop)
+        except Preempted as err:
+            preempted = err
+    return _preempted(preempted)  # (after the machine slot is given back)
 
 
 MACHINE_LIMIT = "metis-machine"
