@@ -113,7 +113,6 @@ def test_the_worker_dies_with_its_parent(tiny_model):
     assert wait_gone(worker, 15), "the engine process outlived its parent"
 
 
-@pytest.mark.slow
 def test_a_training_run_on_the_separate_engine(tiny_model, tmp_path):
     out = tmp_path / "runs"
     overrides = tiny_overrides(tiny_model, out, steps=2, extra=["model.engine=separate"])
