@@ -154,6 +154,7 @@ class RemoteEngine:
         self.tokenizer: Tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self._buffer: torch.Tensor | None = None  # the shared weight buffer, once allocated
         self._buffer_sent = False
+        self._lock = threading.RLock()  # one request (and one push) at a time, any thread
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe()
         engine_args = {
@@ -199,10 +200,11 @@ class RemoteEngine:
         return payload
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if not self._finalizer.still_active():
-            raise EngineProcessDied("the engine is closed")
-        self._conn.send((method, args, kwargs))
-        return self._answer()
+        with self._lock:
+            if not self._finalizer.still_active():
+                raise EngineProcessDied("the engine is closed")
+            self._conn.send((method, args, kwargs))
+            return self._answer()
 
     def generate(
         self,
@@ -251,16 +253,16 @@ class RemoteEngine:
         the worker load them from there; only the layout goes through the pipe."""
         tensors = list(named_tensors)
         layout, size = _plan(tensors)
-        if self._buffer is None or self._buffer.numel() < size:
-            self._buffer = torch.empty(size, dtype=torch.uint8).share_memory_()
-            self._buffer_sent = False
-        with torch.no_grad():
+        with self._lock, torch.no_grad():
+            if self._buffer is None or self._buffer.numel() < size:
+                self._buffer = torch.empty(size, dtype=torch.uint8).share_memory_()
+                self._buffer_sent = False
             for (_, tensor), (_, dtype, shape, offset) in zip(tensors, layout, strict=True):
                 nbytes = tensor.numel() * tensor.element_size()
                 self._buffer[offset : offset + nbytes].view(dtype).view(shape).copy_(tensor)
-        sent = None if self._buffer_sent else self._buffer
-        self._call("load_weights", sent, layout)
-        self._buffer_sent = True
+            sent = None if self._buffer_sent else self._buffer
+            self._call("load_weights", sent, layout)
+            self._buffer_sent = True
 
     def close(self) -> None:
         """Stop the worker (closing its engine) and wait for it to exit."""
