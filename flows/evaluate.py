@@ -87,7 +87,7 @@ def evaluate(
     prompt. max_prompts: a seeded subset per benchmark (None: all). config_file/overrides: domain
     prompt formats and decoding limits (default: the training run's own config, if any).
     """
-    from metis_core.engine.vllm_engine import PolicyEngine
+    from metis_core.engine import open_engine
     from metis_core.model.weights import resolve_model
 
     configure_runtime_environment()
@@ -112,8 +112,12 @@ def evaluate(
         benchmark_rows(name, limit=1, seed=seed, pool=pool)
 
     # the engine loads before an MLflow run opens, so a failed load leaves no run marked RUNNING
-    engine = PolicyEngine(
-        resolve_model(ckpt.model_path), cfg.model.dtype, cfg.model.max_model_len, seed
+    engine = open_engine(
+        cfg.model.engine,
+        resolve_model(ckpt.model_path),
+        cfg.model.dtype,
+        cfg.model.max_model_len,
+        seed,
     )
     stamp = time.strftime("eval-%Y%m%d-%H%M%S")
     out_dir = Path(output_dir or (run_dir or Path(cfg.output_dir)) / "evals") / stamp

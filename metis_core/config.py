@@ -30,6 +30,11 @@ class ModelConfig(_Section):
     (docs/metis.md)."""
     max_model_len: int = Field(1024, gt=0)
     """Longest sequence (prompt + completion) the engine accepts."""
+    engine: Literal["in_process", "separate"] = "in_process"
+    """Where the inference engine runs. `in_process`: in the trainer's process, weights pushed by
+    a direct call. `separate`: in a worker process of its own, driven over a pipe, weights pushed
+    through shared memory (metis_core/engine/remote.py): the shape that lets inference and
+    training sit on different GPUs; on one CPU the two compete for the same cores."""
 
 
 class TaskSpec(_Section):

@@ -152,12 +152,14 @@ def _start_parts(
 ) -> Run:
     """The engine, trainer, store and sampler of an open run, restored from its latest
     checkpoint if it has one."""
-    from metis_core.engine.vllm_engine import PolicyEngine
+    from metis_core.engine import open_engine
     from metis_core.trainer.policy_trainer import PolicyTrainer
 
     store = OutcomeStore(run_dir / "history.duckdb")  # first: a locked history fails in seconds
     model_dir = resolve_model(cfg.model.path)
-    engine = PolicyEngine(model_dir, cfg.model.dtype, cfg.model.max_model_len, cfg.seed)
+    engine = open_engine(
+        cfg.model.engine, model_dir, cfg.model.dtype, cfg.model.max_model_len, cfg.seed
+    )
     sampler = new_sampler(cfg)
     trainer = PolicyTrainer(
         model_dir,

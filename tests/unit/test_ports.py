@@ -12,6 +12,7 @@ from tests.conftest import port_mismatches
 def adapters():
     from transformers import PreTrainedTokenizerBase
 
+    from metis_core.engine.remote import RemoteEngine
     from metis_core.engine.vllm_engine import PolicyEngine
     from metis_core.store.outcomes import OutcomeStore
     from metis_core.tracking.mlflow_tracker import Tracker
@@ -19,6 +20,7 @@ def adapters():
 
     return [
         (PolicyEngine, ports.Engine),
+        (RemoteEngine, ports.Engine),
         (PolicyTrainer, ports.Trainer),
         (OutcomeStore, ports.Store),
         (Tracker, ports.Tracker),
