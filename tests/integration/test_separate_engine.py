@@ -3,18 +3,24 @@ against the in-process one on the tiny model: the same completions for the same 
 log-probs after the same weight push, a worker that ends with close() or with its parent, and a
 training run on it whose sync check holds."""
 
-import json
 import signal
 import subprocess
 import sys
 import time
 
-import duckdb
 import pytest
 import torch
 
-from tests.conftest import REPO, only_run_dir, run_metis, set_args, tiny_overrides
-from tests.unit.test_remote_engine import alive, wait_gone
+from metis_core.store.outcomes import OutcomeStore
+from tests.conftest import (
+    REPO,
+    alive,
+    only_run_dir,
+    run_metis,
+    set_args,
+    tiny_overrides,
+    wait_gone,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -118,9 +124,7 @@ def test_a_training_run_on_the_separate_engine(tiny_model, tmp_path):
     overrides = tiny_overrides(tiny_model, out, steps=2, extra=["model.engine=separate"])
     run_metis(tmp_path, ["train", *set_args(overrides)])
     run_dir = only_run_dir(out)
-    with duckdb.connect(str(run_dir / "history.duckdb"), read_only=True) as db:
-        rows = db.execute("SELECT step, metrics FROM steps ORDER BY step").fetchall()
-    metrics = {step: json.loads(m) for step, m in rows}
+    metrics = dict(OutcomeStore(run_dir / "history.duckdb").step_metrics(run_dir.name))
     gaps = {step: m["sync/max_logprob_gap"] for step, m in metrics.items() if step >= 0}
     assert sorted(gaps) == [0, 1]
     # the engine in its own process holds what the trainer holds, to float rounding

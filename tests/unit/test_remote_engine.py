@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from metis_core.ports import Completion
-from tests.conftest import REPO
+from tests.conftest import REPO, alive, wait_gone
 
 
 class FakeEngine:
@@ -42,22 +42,6 @@ class FakeEngine:
 
     def close(self):
         pass
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for its reaper counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return not alive(pid)
 
 
 @pytest.fixture(scope="module")
