@@ -20,14 +20,7 @@ import time
 from pathlib import Path
 from statistics import median
 
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from history_scale import best  # (bench/ is on the path: these run as scripts)
 
 
 def step_metrics(step: int, n: int, eval_every: int, rng: random.Random) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """The benchmarks run (tiny settings); how fast a machine is belongs in docs/BENCHMARKS.md."""
 
+import re
 import subprocess
 import sys
 
@@ -28,3 +29,20 @@ def test_history_scale_runs(tmp_path):
     assert "steps 0..99" in done.stdout
     timed = [line for line in done.stdout.splitlines() if line.startswith(("memory", "record"))]
     assert len(timed) == 4 and all(float(line.split()[-1]) > 0 for line in timed)
+
+
+def test_tracking_scale_runs(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "bench/tracking_scale.py", "--steps", "40", "--metrics", "20",
+         "--repeat", "1", "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "steps 0..39" in done.stdout
+    timed = [
+        line for line in done.stdout.splitlines() if line.startswith(("mlflow", "duckdb", "latest"))
+    ]
+    assert len(timed) == 4
+    for line in timed:  # the step-10 and last-step seconds
+        early, late = (float(x) for x in re.findall(r"\d+\.\d+", line)[:2])
+        assert early > 0 and late > 0, line
