@@ -172,13 +172,20 @@ def test_the_walkthrough_and_what_it_promises(tiny_model, tmp_path):
             con.close()
 
         # every checkpoint emitted its event; the trigger ran metis-eval on them
-        events = api(
-            prefect_api,
-            "/events/filter",
-            {"filter": {"event": {"name": ["metis.checkpoint.saved"]}}},
-        )
-        steps = {e["resource"]["metis.step"] for e in events["events"]}
-        assert steps == {"0", "1", "2", "3"}, events
+        # (the server persists events in batches, a few seconds after they arrive: the last
+        # checkpoint's may land after the flow run is Completed)
+        def checkpoint_events():
+            found = api(
+                prefect_api,
+                "/events/filter",
+                {"filter": {"event": {"name": ["metis.checkpoint.saved"]}}},
+            )["events"]
+            steps = {e["resource"]["metis.step"] for e in found}
+            return steps if steps >= {"0", "1", "2", "3"} else None
+
+        assert wait_for("every checkpoint's event", checkpoint_events, 120, log) == {
+            "0", "1", "2", "3"
+        }  # fmt: skip
 
         def completed():
             runs = flow_runs(prefect_api, "metis-eval")
