@@ -256,6 +256,10 @@ class RunConfig(_Section):
     """Each checkpoint's HF export also as an MLflow logged model (a copy of the weights: about
     0.5 GB for SmolLM2-135M) and a version of the registered model named after the run, the best
     by held-out accuracy aliased `best`; off: MLflow gets only where it is on disk."""
+    registered_versions_kept: int = Field(3, ge=0)
+    """Model versions kept in the registry: the newest N and the one aliased `best`. Older ones
+    are deleted with their logged model's weights, so a long run does not grow MLflow's artifact
+    store by a copy per checkpoint (0 = keep every version)."""
     system_metrics: bool = True
     """MLflow system metrics (CPU, memory, disk, GPU) every 10 s while the run trains."""
     model: ModelConfig = ModelConfig()

@@ -211,10 +211,11 @@ class Tracker(Protocol):
     def set_tag(self, key: str, value: str) -> None: ...
 
     def register_checkpoint(
-        self, hf_dir: str, step: int, run_id: str, accuracy: float | None
+        self, hf_dir: str, step: int, run_id: str, accuracy: float | None, keep: int = 0
     ) -> str | None:
         """The HF export in `hf_dir` as a model version of the run; its version, or None when
-        the tracker cannot take it now (the checkpoint on disk is unaffected)."""
+        the tracker cannot take it now (the checkpoint on disk is unaffected). `keep` > 0: only
+        the newest `keep` versions and the best stay."""
         ...
 
     def end(self, status: str = "FINISHED") -> None: ...

@@ -135,7 +135,9 @@ def checkpoint(
         run.tracker.set_tag("metis.latest_checkpoint", manifest["hf_export"])
         if run.cfg.register_checkpoints:
             accuracy = latest_heldout_accuracy(run)
-            run.tracker.register_checkpoint(manifest["hf_export"], step, run.run_id, accuracy)
+            run.tracker.register_checkpoint(
+                manifest["hf_export"], step, run.run_id, accuracy, run.cfg.registered_versions_kept
+            )
         before_commit()
 
     return checkpoints.write(run.checkpoint_dir, step, save, keep).path

@@ -256,13 +256,13 @@ class Tracker:
         self.attempt(f"tag {key}", self.client.set_tag, self.run_id, key, value)
 
     def register_checkpoint(
-        self, hf_dir: str, step: int, run_id: str, accuracy: float | None
+        self, hf_dir: str, step: int, run_id: str, accuracy: float | None, keep: int = 0
     ) -> str | None:
         """The HF export in `hf_dir` as a version of the run's registered model
         (metis_core/tracking/registry.py); its version, or None when MLflow is unreachable."""
         from metis_core.tracking.registry import register_checkpoint
 
-        return register_checkpoint(self, hf_dir, step, run_id, accuracy)
+        return register_checkpoint(self, hf_dir, step, run_id, accuracy, keep)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is None:

@@ -5,7 +5,9 @@
   model named after the run, with the alias `best` (by held-out accuracy), so `metis eval
   --checkpoint models:/<run id>@best` works; MLflow reserves the alias `latest`, and resolves
   `models:/<run id>/latest` itself. Idempotent per step: a replayed step after a kill finds its
-  version instead of adding another.
+  version instead of adding another. Retention: with `keep` > 0 only the newest `keep` versions
+  and the best stay; older ones are deleted with their logged model and its weights (each is a
+  full copy of the model), as `mlflow gc` would, so the artifact store does not grow with the run.
 - `log_datasets`: the training pool and the held-out split as dataset inputs of the run.
 All calls go through the tracker's outage handling: MLflow being down never stops training.
 """
@@ -31,10 +33,16 @@ def model_name(run_id: str) -> str:
 
 
 def register_checkpoint(
-    tracker: Tracker, hf_dir: str, step: int, run_id: str, accuracy: float | None
+    tracker: Tracker,
+    hf_dir: str,
+    step: int,
+    run_id: str,
+    accuracy: float | None,
+    keep: int = 0,
 ) -> str | None:
-    """Register the export in `hf_dir` as a version of `model_name(run_id)`; its version number,
-    or None when MLflow is unreachable (the checkpoint on disk is unaffected)."""
+    """Register the export in `hf_dir` as a version of `model_name(run_id)`, then keep only the
+    newest `keep` versions and the best (0: all); its version number, or None when MLflow is
+    unreachable (the checkpoint on disk is unaffected)."""
     from mlflow.exceptions import MlflowException
 
     out: list[str] = []
@@ -45,6 +53,11 @@ def register_checkpoint(
         )
     except MlflowException as err:  # the checkpoint on disk is what resuming needs
         log.warning("MLflow refused the model version of step %d: %s", step, err.message)
+    if out and keep > 0:
+        try:  # housekeeping: never worth failing a checkpoint for
+            tracker.attempt("pruning model versions", _prune, tracker, model_name(run_id), keep)
+        except Exception as err:
+            log.warning("old model versions not pruned (%s: %s)", type(err).__name__, err)
     return out[0] if out else None
 
 
@@ -82,6 +95,42 @@ def _register(tracker: Tracker, hf_dir: str, step: int, name: str, accuracy: flo
         best = max(scored, key=lambda v: (float(v.tags[ACCURACY_TAG]), int(v.version)))
         client.set_registered_model_alias(name, "best", str(best.version))
     return str(version)
+
+
+def versions_to_prune(versions: list[int], best: int | None, keep: int) -> list[int]:
+    """Which versions go: all but the newest `keep` and `best`."""
+    newest = sorted(versions, reverse=True)[:keep]
+    return sorted(v for v in versions if v not in newest and v != best)
+
+
+def _prune(tracker: Tracker, name: str, keep: int) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    client = tracker.client
+    versions = {int(v.version): v for v in client.search_model_versions(f"name = '{name}'")}
+    try:
+        best: int | None = int(client.get_model_version_by_alias(name, "best").version)
+    except MlflowException:  # no version has a held-out accuracy yet
+        best = None
+    for number in versions_to_prune(list(versions), best, keep):
+        version = versions[number]
+        client.delete_model_version(name, str(number))
+        # its logged model (the version's source is where that model's weights are; the
+        # registry does not hand back the model id on every store)
+        for model in client.search_logged_models(
+            experiment_ids=[tracker.experiment_id],
+            filter_string=f"name = '{name}-step-{int(version.tags.get(STEP_TAG, -1)):06d}'",
+        ):
+            if model.artifact_location == version.source:
+                client.delete_logged_model(model.model_id)
+        try:  # the weights: what `mlflow gc` would remove later
+            get_artifact_repository(version.source, tracker.tracking_uri).delete_artifacts()
+        except NotImplementedError:
+            log.warning("this artifact store cannot delete %s; `mlflow gc` can", version.source)
+        log.info(
+            "model version %s of %s (step %s) pruned", number, name, version.tags.get(STEP_TAG)
+        )
 
 
 def log_datasets(tracker: Tracker, pool: Any, pool_path: str) -> None:

@@ -204,7 +204,7 @@ def test_the_walkthrough_and_what_it_promises(tiny_model, tmp_path):
         assert {f"metis-progress-{run_dir.name}", f"metis-summary-{run_dir.name}"} <= keys
 
         # MLflow: one run (resumed twice, not restarted), each step's metrics once, a version per
-        # checkpoint, the alias best
+        # kept checkpoint, the alias best
         client = MlflowClient(mlflow_url)
         info = json.loads((run_dir / "run.json").read_text())
         mlflow_run = client.get_run(info["mlflow_run_id"])
@@ -213,9 +213,14 @@ def test_the_walkthrough_and_what_it_promises(tiny_model, tmp_path):
         assert len(client.search_runs([mlflow_run.info.experiment_id], named)) == 1
         points = client.get_metric_history(mlflow_run.info.run_id, "train/reward_mean")
         assert sorted(m.step for m in points) == [0, 1, 2, 3]
+        # (registered_versions_kept = 3: step 0's version is pruned, with its weights, unless it
+        # is the best)
         versions = client.search_model_versions(f"name = '{run_dir.name}'")
-        assert sorted(v.tags["metis.step"] for v in versions) == ["0", "1", "2", "3"]
-        assert client.get_model_version_by_alias(run_dir.name, "best") is not None
+        best = client.get_model_version_by_alias(run_dir.name, "best")
+        kept = {v.tags["metis.step"] for v in versions}
+        assert kept == {"1", "2", "3", best.tags["metis.step"]}
+        copies = [p for p in out.rglob("model.safetensors") if run_dir not in p.parents]
+        assert len(copies) == len(versions), copies
 
         # an active schedule creates its runs
         (nightly,) = [

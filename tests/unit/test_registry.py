@@ -15,6 +15,7 @@ from metis_core.tracking.registry import (
     log_datasets,
     model_name,
     register_checkpoint,
+    versions_to_prune,
 )
 
 
@@ -63,6 +64,41 @@ def test_checkpoints_become_versions_with_a_best_alias(tracker, tmp_path):
     # the weights live in MLflow: gone from the run folder, still downloadable
     _, step, _ = download_version(f"models:/{name}/1", tracker.tracking_uri, str(tmp_path / "dl"))
     assert step == 0
+
+
+def test_old_versions_are_pruned_with_their_weights_but_best_stays(tracker, tmp_path):
+    run_id = "metis-default-20261122-101010-prune"
+    name = model_name(run_id)
+    client = MlflowClient(tracker.tracking_uri)
+    accuracies = [0.2, 0.6, 0.3, 0.1, 0.4]  # step 1 (version 2) stays the best
+    for step, acc in enumerate(accuracies):
+        register_checkpoint(tracker, _export(tmp_path / f"s{step}", step), step, run_id, acc, 2)
+    kept = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    assert kept == [2, 4, 5]
+    assert str(client.get_model_version_by_alias(name, "best").version) == "2"
+    # the pruned versions' weights are gone from the artifact store, the kept ones are there
+    weights = sorted((tmp_path / "mlartifacts").rglob("model.safetensors"))
+    steps = sorted(json.loads((w.parent / "config.json").read_text())["step"] for w in weights)
+    assert steps == [1, 3, 4]
+    models = client.search_logged_models(experiment_ids=[tracker.experiment_id])
+    assert sorted(m.name for m in models) == [f"{name}-step-{s:06d}" for s in (1, 3, 4)]
+    # keep = 0 keeps everything
+    register_checkpoint(tracker, _export(tmp_path / "s5", 5), 5, run_id, 0.0, 0)
+    assert len(client.search_model_versions(f"name = '{name}'")) == 4
+
+
+@pytest.mark.parametrize(
+    ("versions", "best", "keep", "pruned"),
+    [
+        ([1, 2, 3, 4], None, 2, [1, 2]),
+        ([1, 2, 3, 4], 1, 2, [2]),
+        ([1, 2, 3, 4], 4, 2, [1, 2]),
+        ([4, 1, 3], 3, 1, [1]),
+        ([1, 2], None, 5, []),
+    ],
+)
+def test_which_versions_are_pruned(versions, best, keep, pruned):
+    assert versions_to_prune(versions, best, keep) == pruned
 
 
 def test_the_pool_is_logged_as_dataset_inputs(tracker, tmp_path):

@@ -149,7 +149,7 @@ class FakeTracker:
         self.logged.append(("tag", (key, value)))
 
     def register_checkpoint(
-        self, hf_dir: str, step: int, run_id: str, accuracy: float | None
+        self, hf_dir: str, step: int, run_id: str, accuracy: float | None, keep: int = 0
     ) -> str | None:
         self.logged.append(("model", hf_dir))
         return "1"
