@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -10,8 +11,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from prefect import flow, task
 from prefect.artifacts import (
@@ -23,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Crashed, State
 from tqdm.auto import tqdm
 
+from flows.iterations import as_iteration, close_orphaned_iterations
 from metis_core.config_loading import load_config
 from metis_core.launch import is_finished, mark_finished, named_run_dir, open_run
 from metis_core.run import Run
@@ -66,20 +69,35 @@ class _StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
 
-    def __enter__(self) -> _StopRequest:
-        if threading.current_thread() is threading.main_thread():  # signals reach only that one
-            self._previous = signal.signal(signal.SIGTERM, self._request)
-        return self
+    @contextlib.contextmanager
+    def listening(self) -> Iterator[_StopRequest]:
+        """SIGTERM is this object's while inside. Entered again in each iteration's nested flow
+        run, whose Prefect engine installs its own handler (one that aborts the step)."""
+        if threading.current_thread() is not threading.main_thread():  # signals reach only that
+            yield self
+            return
+        previous = signal.signal(signal.SIGTERM, self._request)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     def _request(self, signum: int, frame: Any) -> None:
         self.requested = True
         tqdm.write("metis: SIGTERM: stopping after this iteration and its checkpoint")
 
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+
+R = TypeVar("R")
+
+
+def _listening(iteration: Callable[..., R], stop: _StopRequest) -> Callable[..., R]:
+    @functools.wraps(iteration)
+    def listening(*args: Any) -> R:
+        with stop.listening():
+            return iteration(*args)
+
+    return listening
 
 
 PREEMPTED = "Preempted"  # the state a flow run stopped by SIGTERM ends in (automations.yaml)
@@ -201,7 +219,8 @@ def train(
     if is_finished(run_dir):
         tqdm.write(f"metis: {run_dir.name} already finished all its steps; nothing to do")
         return str(run_dir)
-    with _StopRequest() as stop, _machine_slot():
+    close_orphaned_iterations()  # an earlier attempt's, killed with its process
+    with _StopRequest().listening() as stop, _machine_slot():
         try:
             return _train(run_dir, stop)
         except Preempted as err:
@@ -249,7 +268,7 @@ def _train(run_dir: Path, stop: _StopRequest) -> str:
             run.stage_seconds, run.step_spend = {}, {}
             run.iteration_started = time.perf_counter()
             checkpoint_now = _due(step, cfg.checkpoint_every, last)
-            metrics = metis_iteration(
+            metrics = as_iteration(_listening(metis_iteration, stop), step)(
                 run.run_id, step, _due(step, cfg.eval.every, last), checkpoint_now
             )
             if not checkpoint_now:  # (a checkpoint logs it, before it counts as complete)

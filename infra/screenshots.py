@@ -1,5 +1,5 @@
-"""Screenshots of a run as a person sees it: the MLflow run's charts, its registered model, and
-the Prefect flow run with its stage tasks and artifacts.
+"""Screenshots of a run as a person sees it: the MLflow run's charts, its registered model, the
+Prefect flow run with its iterations (nested flow runs), and the last iteration's stage tasks.
 
 Drives the system's headless Chromium (Debian's `chromium`) over the DevTools protocol: opens
 each page, waits until the page's text holds what it must show (then lets the charts settle),
@@ -146,23 +146,30 @@ class Browser:
         shutil.rmtree(self.profile, ignore_errors=True)
 
 
+def _flow_runs(prefect: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(
+        urllib.request.Request(
+            f"{prefect}/api/flow_runs/filter", method="POST", data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        ), timeout=10,
+    ) as r:  # fmt: skip
+        return json.loads(r.read())
+
+
 def pages(run_dir: Path, mlflow: str, prefect: str) -> list[tuple[str, str, list[str], list]]:
-    """(file name, URL, text it must show, steps before the shot) for the run's three pages."""
+    """(file name, URL, text it must show, steps before the shot) for the run's four pages."""
     from mlflow.tracking import MlflowClient
 
     info = json.loads((run_dir / "run.json").read_text())
     run = MlflowClient(mlflow).get_run(info["mlflow_run_id"])
     exp, name = run.info.experiment_id, run_dir.name
-    with urllib.request.urlopen(
-        urllib.request.Request(
-            f"{prefect}/api/flow_runs/filter", method="POST",
-            data=json.dumps({"flows": {"name": {"any_": ["metis-train"]}}}).encode(),
-            headers={"Content-Type": "application/json"},
-        ), timeout=10,
-    ) as r:  # fmt: skip
-        flow_runs = json.loads(r.read())
+    flow_runs = _flow_runs(prefect, {"flows": {"name": {"any_": ["metis-train"]}}})
     mine = [f for f in flow_runs if name.endswith(f["id"][:4]) or f["name"] in name]
     flow_run = (mine or flow_runs)[0]["id"]
+    iterations = _flow_runs(
+        prefect, {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run]}}}
+    )  # the last step's (it checkpoints), of the attempt that completed it
+    last = max((i for i in iterations if i["state_type"] == "COMPLETED"), key=lambda i: i["name"])
     run_page = f"{mlflow}/#/experiments/{exp}/runs/{run.info.run_id}/model-metrics"
     charts = "^(train/reward_mean|eval/avg_at_[0-9]+)$"
     return [
@@ -171,7 +178,9 @@ def pages(run_dir: Path, mlflow: str, prefect: str) -> list[tuple[str, str, list
          [("click", "Model training"), ("goto", run_page),
           ("type", f"Search metric charts={charts}")]),
         ("mlflow-registered-model", f"{mlflow}/#/models/{name}", [name, "best"], []),
-        ("prefect-flow-run", f"{prefect}/runs/flow-run/{flow_run}", ["rollout", "checkpoint"],
+        ("prefect-flow-run", f"{prefect}/runs/flow-run/{flow_run}", [last["name"]],
+         [("click", "Subflow Runs")]),
+        ("prefect-iteration", f"{prefect}/runs/flow-run/{last['id']}", ["rollout", "checkpoint"],
          [("click", "Task Runs")]),
     ]  # fmt: skip
 

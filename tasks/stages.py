@@ -86,9 +86,8 @@ def _always(stage: str):
 
 def _run_name(stage: str) -> str:
     """Task runs named after their iteration ("step-0003-judge"), so Prefect's UI lists and
-    groups them by step. (Not a subflow per iteration: Prefect 3.7 returns a completed subflow's
-    old state when its parent flow run is retried, which would skip the iterations a resumed
-    run must replay.)"""
+    groups them by step, also where they run outside an iteration's flow run (the initial
+    evaluation, a checkpoint before a preempted run stops)."""
     return "step-{step:04d}-" + stage
 
 

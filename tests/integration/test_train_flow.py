@@ -140,9 +140,19 @@ def test_prefect_saw_every_stage(trained):
     try:
         runs = [row[0] for row in con.execute("SELECT name FROM task_run")]
         flows = [row[0] for row in con.execute("SELECT name FROM flow")]
+        # each iteration a nested flow run named after its step, holding that step's stages
+        iterations = con.execute(
+            "SELECT r.name, t.name FROM flow_run r JOIN flow f ON r.flow_id = f.id "
+            "JOIN flow_run p ON r.parent_task_run_id IN (SELECT id FROM task_run WHERE "
+            "flow_run_id = p.id) JOIN flow g ON p.flow_id = g.id LEFT JOIN task_run t ON "
+            "t.flow_run_id = r.id WHERE f.name = 'metis-iteration' AND g.name = 'metis-train'"
+        ).fetchall()
     finally:
         con.close()
     assert "metis-train" in flows
+    assert {step for step, _ in iterations} == {"step-0000", "step-0001"}
+    assert all(task.startswith(f"{step}-") for step, task in iterations)
+    assert ("step-0001", "step-0001-update") in iterations
     # stage task runs are named after their iteration ("step-0001-judge", "step--001-evaluate")
     names = {re.sub(r"^step--?\d+-", "", n) for n in runs if n.startswith("step-")}
     assert "step-0000-judge" in runs and "step--001-evaluate" in runs

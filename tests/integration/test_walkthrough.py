@@ -252,10 +252,12 @@ def test_the_walkthrough_and_what_it_promises(tiny_model, tmp_path):
             charts = (shots / "mlflow-run-charts.txt").read_text()
             assert "train/reward_mean" in charts and "eval/avg_at_2" in charts
             assert "best" in (shots / "mlflow-registered-model.txt").read_text()
-            prefect_page = (shots / "prefect-flow-run.txt").read_text()
-            assert all(stage in prefect_page for stage in ("judge", "rollout", "checkpoint"))
+            assert "step-0003" in (shots / "prefect-flow-run.txt").read_text()  # an iteration
+            iteration_page = (shots / "prefect-iteration.txt").read_text()
+            assert all(stage in iteration_page for stage in ("judge", "rollout", "checkpoint"))
             assert all((shots / f"{p}.png").stat().st_size > 10_000 for p in
-                       ("mlflow-run-charts", "mlflow-registered-model", "prefect-flow-run"))  # fmt: skip
+                       ("mlflow-run-charts", "mlflow-registered-model", "prefect-flow-run",
+                        "prefect-iteration"))  # fmt: skip
     finally:
         if worker_group is not None:
             with contextlib.suppress(ProcessLookupError):

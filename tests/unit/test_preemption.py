@@ -93,10 +93,41 @@ class _Exited(BaseException):
     """Stands for the process's end in the test (the engine then records a crash: no matter)."""
 
 
-def test_the_resume_automation_takes_crashed_and_preempted_runs_only():
+def _resume_trigger():
+    """The automation's trigger as Prefect's server reads it."""
+    from prefect.server.events.schemas.automations import EventTrigger
+
     (automation,) = yaml.safe_load((REPO / "infra/prefect/automations.yaml").read_text())[
         "automations"
     ]
-    expected = set(automation["trigger"]["expect"])
+    return EventTrigger.model_validate(automation["trigger"])
+
+
+def _state_event(flow: str, deployment: bool):
+    """What Prefect's server emits on a flow run's state change: the run as the resource, its
+    flow (and deployment, work pool, if it has one) as related resources."""
+    from prefect.server.events.schemas.events import RelatedResource, Resource
+
+    def related(role: str, name: str) -> RelatedResource:
+        return RelatedResource.model_validate(
+            {"prefect.resource.id": f"prefect.{role}.1", "prefect.resource.role": role,
+             "prefect.resource.name": name}
+        )  # fmt: skip
+
+    resources = [related("flow", flow)]
+    if deployment:
+        resources += [related("deployment", "default"), related("work-pool", "metis-cpu")]
+    run = Resource.model_validate({"prefect.resource.id": "prefect.flow-run.1"})
+    return run, resources
+
+
+def test_the_resume_automation_takes_crashed_and_preempted_deployment_runs_only():
+    trigger = _resume_trigger()
+    expected = set(trigger.expect)
     assert expected == {"prefect.flow-run.Crashed", f"prefect.flow-run.{train_flow.PREEMPTED}"}
-    assert automation["trigger"]["match_related"]["prefect.resource.name"] == "metis-train"
+    assert trigger.covers_resources(*_state_event("metis-train", deployment=True))
+    # not another flow's runs
+    assert not trigger.covers_resources(*_state_event("metis-eval", deployment=True))
+    # not a run no worker can pick up again (an in-process `metis train`, a comparison's runs):
+    # put back on a queue it would stay Scheduled forever; they resume with --resume
+    assert not trigger.covers_resources(*_state_event("metis-train", deployment=False))
