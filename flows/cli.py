@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compare(args: argparse.Namespace, output_dir: str, name: str) -> int:
-    from flows.compare import ComparisonError, check_plan
+    from metis_core.comparison import ComparisonError, check_plan
 
     try:
         check_plan(args.samplers, args.seeds, args.target)
@@ -310,7 +310,9 @@ def _compare(args: argparse.Namespace, output_dir: str, name: str) -> int:
         print(f"metis: {err}", file=sys.stderr)
         return 2
     out = args.output or str(Path(output_dir) / f"compare-{name}")
-    _prefect_environment(out)  # its stage caches live with the comparison it resumes
+    # before anything imports Prefect, which reads its settings once, at import: its stage
+    # caches and temporary server live with the comparison it resumes
+    _prefect_environment(out)
     from flows.compare import compare
 
     compare(

@@ -19,36 +19,22 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from metis_core.comparison import RunCurve, compare_table, default_target, table_markdown
+from metis_core.comparison import (
+    ComparisonError,
+    RunCurve,
+    check_plan,
+    compare_table,
+    default_target,
+    table_markdown,
+)
 from metis_core.config import RunConfig
 from metis_core.config_loading import load_config
 from metis_core.launch import is_finished, prepare_run_dir
 from metis_core.run import read_json, write_json
-from metis_core.samplers import SAMPLERS
 from metis_core.store.outcomes import OutcomeStore
 from metis_core.tracking.mlflow_tracker import Tracker, default_tracking_uri
 
 PLAN_FILE = "compare.json"
-
-
-class ComparisonError(ValueError):
-    """A comparison that cannot start; the message says what to change."""
-
-
-def check_plan(samplers: list[str], seeds: list[int], target: float | None) -> None:
-    """Fails before any model loads: unknown samplers, no seeds, no way to set the target."""
-    unknown = [s for s in samplers if s not in SAMPLERS]
-    if unknown:
-        raise ComparisonError(f"unknown sampler(s) {unknown}; choose from {sorted(SAMPLERS)}")
-    if not samplers or len(set(samplers)) != len(samplers):
-        raise ComparisonError(f"give each sampler once, at least one: {samplers}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ComparisonError(f"give each seed once, at least one: {seeds}")
-    if target is None and "uniform" not in samplers:
-        raise ComparisonError(
-            "the default target is uniform's best held-out accuracy: add uniform to the samplers "
-            "or give --target"
-        )
 
 
 def child_name(sampler: str, seed: int) -> str:

@@ -12,6 +12,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from metis_core.samplers import SAMPLERS
+
+
+class ComparisonError(ValueError):
+    """A comparison that cannot start; the message says what to change."""
+
+
+def check_plan(samplers: list[str], seeds: list[int], target: float | None) -> None:
+    """Fails before any model loads: unknown samplers, no seeds, no way to set the target."""
+    unknown = [s for s in samplers if s not in SAMPLERS]
+    if unknown:
+        raise ComparisonError(f"unknown sampler(s) {unknown}; choose from {sorted(SAMPLERS)}")
+    if not samplers or len(set(samplers)) != len(samplers):
+        raise ComparisonError(f"give each sampler once, at least one: {samplers}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ComparisonError(f"give each seed once, at least one: {seeds}")
+    if target is None and "uniform" not in samplers:
+        raise ComparisonError(
+            "the default target is uniform's best held-out accuracy: add uniform to the samplers "
+            "or give --target"
+        )
+
 
 @dataclass(frozen=True)
 class RunCurve:

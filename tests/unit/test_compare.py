@@ -1,20 +1,25 @@
 """The comparison's arithmetic (targets, bootstrap intervals, the table) and its refusals."""
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from flows.cli import main
-from flows.compare import ComparisonError, check_plan
 from metis_core.comparison import (
+    ComparisonError,
     RunCurve,
     bootstrap_interval,
+    check_plan,
     compare_table,
     default_target,
     run_summary,
     table_markdown,
 )
+from tests.conftest import REPO
 
 
 def curve(sampler, seed, accuracy, tokens, zero_var=(0.5,)):
@@ -104,3 +109,43 @@ def test_cli_rejects_a_bad_sampler_name_before_anything_loads(capsys):
     assert "invalid choice: 'greedy'" in capsys.readouterr().err
     assert main(["compare", "--samplers", "metis", "pcl"]) == 2
     assert "add uniform" in capsys.readouterr().err
+
+
+def test_compare_sets_up_prefect_before_importing_it(tmp_path):
+    """Prefect reads its settings once, when first imported: `metis compare` must set its
+    environment (its home and stage caches under the comparison's folder, the temporary server's
+    startup time) before it imports the flow, which imports Prefect. Here the flow is a stand-in
+    that imports Prefect when the command imports from it, as the real module does, and
+    reports the settings Prefect got."""
+    stand_in = """
+import sys, types
+from metis_core import comparison
+
+def compare(**kwargs):
+    from prefect.settings import get_current_settings
+    s = get_current_settings()
+    print(s.home, s.server.ephemeral.startup_timeout_seconds)
+
+def imported(name):  # what `from flows.compare import name` reaches: Prefect comes first
+    if name.startswith("__"):  # (others look for __file__ and the like in every module)
+        raise AttributeError(name)
+    import prefect
+    return compare if name == "compare" else getattr(comparison, name)
+
+module = types.ModuleType("flows.compare")
+module.__getattr__ = imported
+sys.modules["flows.compare"] = module
+from flows.cli import main
+main(["compare", "--samplers", "uniform", "--seeds", "0", "--output", sys.argv[1]])
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", stand_in, str(tmp_path / "cmp")], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (reported,) = [
+        line for line in done.stdout.splitlines() if line.endswith(" 180") or ".prefect" in line
+    ]
+    home, timeout = reported.split()
+    assert home == str((tmp_path / "cmp" / ".prefect").resolve()) and timeout == "180"

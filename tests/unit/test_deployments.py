@@ -6,7 +6,7 @@ import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 
-from flows.compare import check_plan
+from metis_core.comparison import check_plan
 from tests.conftest import REPO
 
 DEPLOYMENTS = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
