@@ -1,0 +1,129 @@
+"""The trainer as a group of 2 data-parallel ranks under torchrun (trainer.ranks=2,
+metis_core/trainer/group.py) against one in-process PolicyTrainer on the tiny model: the same
+step on the same batch, ranks that agree, errors that come back with their traceback, and ranks
+that end with close(), with a failed collective, and with their SIGKILLed parent."""
+
+import random
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from metis_core.config import TrainerConfig
+from metis_core.ports import JudgmentBatch, RolloutBatch
+from tests.conftest import REPO, alive, wait_gone
+
+pytestmark = pytest.mark.integration
+
+# no clip, a large step, no gap check (the batch has no engine log-probs)
+SETTINGS = dict(lr=1e-3, micro_batch_size=4, grad_clip=1e9, max_logprob_gap=100.0)
+
+
+def batch(groups=6, n=3, seed=0):
+    """`groups` prompts x `n` random responses, their advantages, and one judgment per prompt."""
+    rng = random.Random(seed)
+    prompts, responses, advantages = [], [], []
+    for _ in range(groups):
+        prompt = [rng.randrange(100, 30000) for _ in range(rng.randint(8, 16))]
+        for _ in range(n):
+            prompts.append(prompt)
+            responses.append([rng.randrange(100, 30000) for _ in range(rng.randint(2, 9))])
+            advantages.append(rng.uniform(-1, 1))
+    judgments = JudgmentBatch(
+        [[rng.randrange(100, 30000) for _ in range(12)] for _ in range(groups)],
+        [[rng.randrange(100, 30000) for _ in range(3)] for _ in range(groups)],
+        [rng.uniform(0, 1) for _ in range(groups)],
+        baseline=0.4,
+    )
+    return RolloutBatch(prompts, responses, advantages), judgments
+
+
+def test_two_ranks_step_as_one_rank_on_the_whole_batch(tiny_model, tmp_path):
+    from metis_core.trainer.group import TrainerGroup, TrainerGroupDied
+    from metis_core.trainer.policy_trainer import PolicyTrainer
+    from metis_core.trainer.shares import EmptyShare
+
+    rollouts, judgments = batch()
+    group = TrainerGroup(tiny_model, TrainerConfig(ranks=2, **SETTINGS), max_response_tokens=16)
+    try:
+        assert len(set(group.pids)) == 2 and all(alive(pid) for pid in group.pids)
+        before = {name: w.clone() for name, w in group.named_weights()}
+        got = group.train_step(rollouts, judgments, lam=0.5)
+        local = PolicyTrainer(tiny_model, TrainerConfig(**SETTINGS), max_response_tokens=16)
+        want = local.train_step(rollouts, judgments, lam=0.5)
+        # the whole batch's gradient and losses, not rank 0's share of them
+        assert sorted(got) == sorted(want)
+        for key in ("task_loss", "judge_loss", "response_tokens"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5), (key, got, want)
+        # the step moved the weights 1e-3 (lr); the two ways agree to float noise
+        weights = dict(group.named_weights())
+        moved = max((weights[k] - before[k]).abs().max().item() for k in weights)
+        gap = max((w - weights[k]).abs().max().item() for k, w in local.named_weights())
+        assert moved > 5e-4 and gap < 1e-4, (moved, gap)
+        digests = group.weight_digests()  # every rank's weights, hashed there
+        assert len(digests) == 2 and digests[0] == digests[1]
+        probe = rollouts.prompt_ids[0] + rollouts.response_ids[0]
+        lp_group, lp_local = group.sequence_logprobs(probe), local.sequence_logprobs(probe)
+        assert max(abs(a - b) for a, b in zip(lp_group, lp_local, strict=True)) < 1e-4
+
+        # an error in rank 0 alone comes back with its traceback; the group goes on
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        with pytest.raises(OSError) as caught:  # a folder under a file
+            group.export_hf(blocker / "hf")
+        assert "(in the trainer group, rank 0 of 2" in str(caught.value.__cause__)
+        assert group.sequence_logprobs(probe) == lp_group
+
+        # one prompt group cannot feed two ranks: rank 1 fails, the group ends, its traceback
+        # comes back in the error
+        one_group = RolloutBatch(rollouts.prompt_ids[:3], rollouts.response_ids[:3],
+                                 rollouts.advantages[:3])  # fmt: skip
+        with pytest.raises(Exception) as failed:  # noqa: PT011 (rank 0 sees a broken collective)
+            group.train_step(one_group, None, lam=0.0)
+        assert EmptyShare.__name__ in str(failed.value) + str(failed.value.__cause__)
+        assert group.process.poll() is not None
+        assert all(wait_gone(pid, 15) for pid in group.pids), "a rank outlived its group"
+        with pytest.raises(TrainerGroupDied):
+            group.sequence_logprobs(probe)
+    finally:
+        group.close()
+
+
+def test_close_ends_every_rank(tiny_model):
+    from metis_core.trainer.group import TrainerGroup
+
+    group = TrainerGroup(tiny_model, TrainerConfig(ranks=2, **SETTINGS), max_response_tokens=16)
+    pids = group.pids
+    group.close()
+    assert group.process.returncode == 0
+    assert not any(alive(pid) for pid in pids)
+
+
+PARENT = """
+import sys
+from metis_core.config import TrainerConfig
+from metis_core.trainer.group import TrainerGroup
+from tests.integration.test_trainer_group import SETTINGS, batch
+group = TrainerGroup(sys.argv[1], TrainerConfig(ranks=2, **SETTINGS), max_response_tokens=16)
+print(group.process.pid, *group.pids, flush=True)
+rollouts, judgments = batch(groups=8, n=8)
+while True:  # busy in a collective when the kill comes: only the ranks' watchdogs end them
+    group.train_step(rollouts, judgments, lam=0.5)
+"""
+
+
+def test_the_ranks_die_with_their_parent(tiny_model):
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tiny_model)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        torchrun, *ranks = (int(pid) for pid in parent.stdout.readline().split())
+        assert len(ranks) == 2 and all(alive(pid) for pid in (torchrun, *ranks))
+        time.sleep(3)  # a train_step is under way
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+    assert all(wait_gone(pid, 20) for pid in ranks), "a rank outlived the flow's process"
+    assert wait_gone(torchrun, 20), "torchrun outlived the flow's process"
