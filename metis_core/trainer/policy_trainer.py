@@ -281,6 +281,7 @@ class PolicyTrainer:
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
         metrics["response_tokens"] = total_tokens
+        metrics["trainer/ranks"] = float(world)  # the data-parallel ranks that took the step
         return metrics
 
     def _judge_backward(
