@@ -38,7 +38,7 @@ import torch
 
 from metis_core.config import TrainerConfig
 from metis_core.ports import JudgmentBatch, RolloutBatch
-from metis_core.trainer.rank_worker import EVERY_RANK, map_buffer, views
+from metis_core.trainer.rank_worker import EVERY_RANK, map_buffer, receive, send, views
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class TrainerGroup:
             if self.process.poll() is not None and not self._conn.poll():
                 raise self._died()
         try:
-            status, payload = self._conn.recv()
+            status, payload = receive(self._conn)
         except (EOFError, OSError) as exc:
             raise self._died() from exc
         if status == "error":
@@ -164,7 +164,7 @@ class TrainerGroup:
             if self.process.poll() is not None:
                 raise self._died()
             try:
-                self._conn.send((method, args))
+                send(self._conn, (method, args))
                 return self._answer()
             except Exception as exc:
                 if method in EVERY_RANK:  # the ranks end after such an error: so does the group
@@ -260,9 +260,9 @@ def _stop(handles: _Handles, timeout: float = STOP_TIMEOUT_S) -> None:
     process, conn = handles.process, handles.conn
     try:
         if conn is not None and process.poll() is None:
-            conn.send(("close", ()))
+            send(conn, ("close", ()))
             if conn.poll(timeout):
-                conn.recv()
+                receive(conn)
     except (EOFError, OSError):
         pass
     finally:

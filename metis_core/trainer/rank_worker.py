@@ -52,6 +52,18 @@ Layout = list[tuple[str, torch.dtype, tuple[int, ...], int]]
 """(name, dtype, shape, byte offset) of each tensor in the weight buffer."""
 
 
+def send(conn: multiprocessing.connection.Connection, message: Any) -> None:
+    """`message`, pickled plainly. Connection.send uses multiprocessing's pickler, with which
+    torch sends a tensor as a handle to its memory that only a process started by multiprocessing
+    can open (a checkpoint's client state holds tensors: "digest sent was rejected")."""
+    conn.send_bytes(pickle.dumps(message))
+
+
+def receive(conn: multiprocessing.connection.Connection) -> Any:
+    """What `send` sent."""
+    return pickle.loads(conn.recv_bytes())
+
+
 def gone(pid: int) -> bool:
     """Whether process `pid` has ended (a zombie, awaiting its reaper, has)."""
     try:
@@ -199,7 +211,7 @@ def serve(rank: Rank, conn: multiprocessing.connection.Connection | None) -> Non
             torch.distributed.broadcast_object_list(request, src=0)
         else:
             try:
-                request[0] = conn.recv()
+                request[0] = receive(conn)
             except (EOFError, OSError):  # the flow closed its end or is gone
                 request[0] = ("close", ())
             if request[0][0] in EVERY_RANK:
@@ -213,13 +225,13 @@ def serve(rank: Rank, conn: multiprocessing.connection.Connection | None) -> Non
                 sys.stderr.flush()
                 time.sleep(ERROR_GRACE_S)
                 os._exit(1)
-            conn.send(_error(exc))
+            send(conn, _error(exc))
             if method in EVERY_RANK:  # the others may be waiting in a collective: end the group
                 os._exit(1)
             continue
         if conn is not None:
             with contextlib.suppress(OSError):  # the flow is gone: the next recv ends the loop
-                conn.send(("ok", result))
+                send(conn, ("ok", result))
         if method == "close":
             return
 
