@@ -113,6 +113,13 @@ class TrainerGroup:
         )
         try:
             self._conn = self._handles.conn = _accept(listener, process, start_timeout)
+        except BaseException as exc:  # torchrun or a rank failed before rank 0 called, or late
+            tail = self.output_tail()
+            self.close()
+            if isinstance(exc, TrainerGroupDied):
+                raise TrainerGroupDied(f"{exc}; the ranks' last output:\n{tail}") from None
+            raise
+        try:
             started = self._call("start", str(model_dir), cfg.model_dump(mode="json"),
                                  max_response_tokens, engine_dtype)  # fmt: skip
             self.pids: list[int] = started["pids"]
