@@ -50,8 +50,14 @@ def batch(groups=6, n=3, seed=0):
     return RolloutBatch(prompts, responses, advantages), judgments
 
 
-def test_two_ranks_step_as_one_rank_on_the_whole_batch(tiny_model, tmp_path):
+def test_two_ranks_step_as_one_rank_on_the_whole_batch(tiny_model, tmp_path, monkeypatch):
     import torch
+
+    # the in-process trainer below sets these for its world of 1 (and keeps its port): restored
+    # after the test, so that later tests' subprocesses do not inherit them and take that port
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "")  # recorded, so the teardown removes what the trainer sets
+        monkeypatch.delenv(key)
 
     from metis_core.trainer.group import TrainerGroup, TrainerGroupDied
     from metis_core.trainer.policy_trainer import PolicyTrainer
