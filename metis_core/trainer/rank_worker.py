@@ -24,6 +24,7 @@ import hashlib
 import multiprocessing.connection
 import os
 import pickle
+import shutil
 import sys
 import threading
 import time
@@ -79,10 +80,19 @@ def gone(pid: int) -> bool:
         return False
 
 
+def _forget_group_folder() -> None:
+    """Remove the flow's folder for this group (socket, output), which a flow's process that
+    died could not: it would stay in /dev/shm."""
+    shutil.rmtree(Path(os.environ["METIS_TRAINER_ADDRESS"]).parent, ignore_errors=True)
+
+
 def _watch(client_pid: int, launcher_pid: int) -> None:
     """Exit this rank once the flow's process or torchrun (its parent) is gone."""
     while True:
-        if os.getppid() != launcher_pid or gone(client_pid):
+        if gone(client_pid):
+            _forget_group_folder()
+            os._exit(1)
+        if os.getppid() != launcher_pid:
             os._exit(1)
         time.sleep(PARENT_POLL_S)
 
@@ -256,6 +266,8 @@ def main() -> None:
     serve(Rank(rank, torch.distributed.get_world_size()), conn)
     if conn is not None:
         conn.close()
+        if gone(client_pid):  # the flow's process died: its end of the socket closed with it
+            _forget_group_folder()
     torch.distributed.barrier()  # every rank has its `close`: tear the group down together
     torch.distributed.destroy_process_group()
 

@@ -139,7 +139,7 @@ from tests.integration.test_trainer_group import SETTINGS, batch
 # their watchdogs end them in time
 config = TrainerConfig(ranks=2, ppo_epochs=32, **SETTINGS)
 group = TrainerGroup(sys.argv[1], config, max_response_tokens=16)
-print(group.process.pid, *group.pids, flush=True)
+print(group.process.pid, *group.pids, group.output_path.parent, flush=True)
 rollouts, judgments = batch(groups=8, n=8)
 group.train_step(rollouts, judgments, lam=0.5)
 """
@@ -151,7 +151,8 @@ def test_the_ranks_die_with_their_parent(tiny_model):
     parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tiny_model)], cwd=REPO,
                               stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        torchrun, *ranks = (int(pid) for pid in parent.stdout.readline().split())
+        *pids, folder = parent.stdout.readline().split()
+        torchrun, *ranks = (int(pid) for pid in pids)
         assert len(ranks) == 2 and all(alive(pid) for pid in (torchrun, *ranks))
         time.sleep(3)  # a train_step is under way
     finally:
@@ -159,6 +160,7 @@ def test_the_ranks_die_with_their_parent(tiny_model):
         parent.wait(timeout=30)
     assert all(wait_gone(pid, 8) for pid in ranks), "a rank outlived the flow's process"
     assert wait_gone(torchrun, 15), "torchrun outlived the flow's process"
+    assert not Path(folder).exists(), "the group's folder (socket, output) was left behind"
 
 
 def group_of(client_pid: int) -> list[int]:
