@@ -79,7 +79,7 @@ def main() -> None:
         {"weights": weights, "metrics": metrics}, args.out / f"step-rank{rank}-of-{world}.pt"
     )
     print(f"rank {rank}/{world}: {len(mine)} rows, applied grad norm {metrics['applied_grad_norm']:.8f}, "
-          f"task loss (this rank's share) {metrics['task_loss']:.6f}")  # fmt: skip
+          f"task loss (the whole batch's) {metrics['task_loss']:.6f}")  # fmt: skip
 
 
 if __name__ == "__main__":

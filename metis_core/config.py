@@ -310,6 +310,12 @@ class RunConfig(_Section):
                     f"{self.curriculum.batch_prompts} exceeds the {train} training prompts; "
                     "lower curriculum.pool_multiplier"
                 )
+        if self.trainer.ranks > self.curriculum.batch_prompts:
+            raise ValueError(
+                f"trainer.ranks ({self.trainer.ranks}) is larger than curriculum.batch_prompts "
+                f"(B={self.curriculum.batch_prompts}): every rank trains on whole prompt groups, "
+                "so a step needs at least one per rank"
+            )
         if self.judge.scoring == "expected" and not self.judge.constrained:
             raise ValueError("judge.scoring=expected needs judge.constrained=true")
         for name in sorted(domains):

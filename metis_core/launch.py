@@ -153,7 +153,7 @@ def _start_parts(
     """The engine, trainer, store and sampler of an open run, restored from its latest
     checkpoint if it has one."""
     from metis_core.engine import open_engine
-    from metis_core.trainer.policy_trainer import PolicyTrainer
+    from metis_core.trainer import open_trainer
 
     store = OutcomeStore(run_dir / "history.duckdb")  # first: a locked history fails in seconds
     model_dir = resolve_model(cfg.model.path)
@@ -161,7 +161,7 @@ def _start_parts(
         cfg.model.engine, model_dir, cfg.model.dtype, cfg.model.max_model_len, cfg.seed
     )
     sampler = new_sampler(cfg)
-    trainer = PolicyTrainer(
+    trainer = open_trainer(
         model_dir,
         cfg.trainer,
         max_response_tokens=max(cfg.domain(d).max_tokens for d in cfg.domains_in_use()),

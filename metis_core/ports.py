@@ -150,6 +150,10 @@ class Trainer(Protocol):
 
     def export_hf(self, directory: Path) -> None: ...
 
+    def close(self) -> None:
+        """Release what the trainer holds outside this process (its ranks, when it has any)."""
+        ...
+
 
 class Store(Protocol):
     """The outcome history: prompts, outcomes, judgments and step metrics of a run."""

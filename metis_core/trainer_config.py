@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from metis_core.config_section import Section as _Section
 
@@ -17,6 +17,12 @@ class TrainerConfig(_Section):
     """AdamW weight decay."""
     zero_stage: Literal[0, 1, 2, 3] = 0
     """DeepSpeed ZeRO stage."""
+    ranks: int = Field(1, ge=1)
+    """Data-parallel ranks of the update. 1: the trainer runs in the flow's process. N > 1: a
+    group of N ranks that torchrun starts on this machine (metis_core/trainer/group.py); each
+    trains on its share of the step's prompt groups (group i on rank i mod N) and the update
+    equals the one-rank update on the whole batch. Needs at least N prompts per step
+    (curriculum.batch_prompts) and ZeRO stage 0 or 1 (gradients reduced once per step)."""
     precision: Literal["fp32", "bf16", "autocast-bf16"] = "fp32"
     """fp32; bf16 (DeepSpeed bf16 weights, fp32 master copy); autocast-bf16 (fp32 weights, bf16
     matmuls). On the 2-core CPU default, fp32 was steadiest (docs/BENCHMARKS.md)."""
@@ -52,6 +58,18 @@ class TrainerConfig(_Section):
     """The run stops, before the update, when the mean |log pi_trainer - log pi_engine| of the
     sampled tokens exceeds this (nats/token). Unset: 0.01 for a float32 engine (measured 5e-6),
     0.3 for bfloat16 (measured 0.03-0.12; a wrong temperature gave 0.23; docs/metis.md)."""
+
+    @model_validator(mode="after")
+    def _ranks_need_one_reduction_per_step(self) -> TrainerConfig:
+        # ZeRO 2 and 3 reduce gradients at every micro-batch, so every rank would need the same
+        # number of micro-batches; stages 0 and 1 reduce once, at step(), whatever each rank holds
+        if self.ranks > 1 and self.zero_stage > 1:
+            raise ValueError(
+                f"trainer.ranks={self.ranks} needs trainer.zero_stage 0 or 1 (got "
+                f"{self.zero_stage}): stages 2 and 3 reduce gradients per micro-batch, and the "
+                "ranks' shares need not have the same number of micro-batches"
+            )
+        return self
 
     def logprob_gap_limit(self, engine_dtype: str) -> float:
         """max_logprob_gap, or its default for the engine's dtype."""

@@ -2,7 +2,7 @@
 
 Engines and trainers cannot travel between Prefect tasks (they are neither small nor
 serialisable), so tasks receive an id (a run id, an evaluation id) and look the live object up
-here; `release` closes its engine.
+here; `release` closes its engine (and a run's trainer: its ranks, when it has a group).
 """
 
 from __future__ import annotations
@@ -42,7 +42,13 @@ def live_run(run_id: str) -> Run:
 
 
 def release(key: str) -> None:
-    """Forget what is open under `key` and close its engine (a no-op when nothing is)."""
+    """Forget what is open under `key` and close its engine and, for a run, its trainer (a no-op
+    when nothing is open)."""
     live = _LIVE.pop(key, None)
-    if live is not None:
+    if live is None:
+        return
+    try:
         live.engine.close()
+    finally:
+        if isinstance(live, Run):
+            live.trainer.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 import torch
 
@@ -42,6 +43,16 @@ def across_ranks(values: list[float]) -> tuple[list[float], int]:
     summed = torch.tensor(values, dtype=torch.float64)
     torch.distributed.all_reduce(summed)
     return summed.tolist(), torch.distributed.get_world_size()
+
+
+def gathered(items: list[Any]) -> list[Any]:
+    """Every rank's `items`, one list after another in rank order (`items` itself in a single
+    process): for a statistic that must be the whole batch's on every rank."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return items
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, items)
+    return [item for part in parts for item in part]
 
 
 def _forget_destroyed_groups() -> None:

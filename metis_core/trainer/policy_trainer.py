@@ -46,7 +46,11 @@ from metis_core.batch import (
 )
 from metis_core.config import TrainerConfig
 from metis_core.ports import JudgmentBatch, RolloutBatch
-from metis_core.trainer.distributed import across_ranks, init_single_process_distributed
+from metis_core.trainer.distributed import (
+    across_ranks,
+    gathered,
+    init_single_process_distributed,
+)
 from metis_core.trainer.forward import (
     full_logprobs,
     grouped_logprobs,
@@ -263,15 +267,21 @@ class PolicyTrainer:
                     loss = loss + cfg.kl_coef * kl
                 self.engine.backward(loss * world, scale_wrt_gas=False)
             if epoch == 0:
-                metrics |= summarize_mismatch(mismatch, "mismatch", self.max_logprob_gap)
+                # the whole batch's gap, so every rank stops (or goes on) together
+                metrics |= summarize_mismatch(gathered(mismatch), "mismatch", self.max_logprob_gap)
                 if judge_packs is not None:  # on-policy: the first epoch only
                     metrics |= self._judge_backward(judge_packs, judgments, lam)  # type: ignore[arg-type]
             self.engine.step()
             metrics |= sums
+        # each rank summed its share of the batch's loss terms: report the whole batch's
+        (metrics["task_loss"], metrics["clip_frac"], metrics["kl"]), _ = across_ranks(
+            [metrics["task_loss"], metrics["clip_frac"], metrics["kl"]]
+        )
         grad_norm = self.engine.get_global_grad_norm()  # None where DeepSpeed did not compute it
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
         metrics["response_tokens"] = total_tokens
+        metrics["trainer/ranks"] = float(world)  # the data-parallel ranks that took the step
         return metrics
 
     def _judge_backward(
@@ -303,8 +313,9 @@ class PolicyTrainer:
             loss = loss * ((s.stop - s.start) / n)
             total += loss.item()
             self.engine.backward(lam * loss * world, scale_wrt_gas=False)
+        (total,), _ = across_ranks([total])  # the whole batch's judge loss, on every rank
         return {"judge_loss": total} | summarize_mismatch(
-            mismatch, "mismatch/judge", self.max_logprob_gap
+            gathered(mismatch), "mismatch/judge", self.max_logprob_gap
         )
 
     # ---- weights out: sync and checkpoints ------------------------------------------------------
@@ -328,6 +339,10 @@ class PolicyTrainer:
         if client_state is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
         return client_state
+
+    def close(self) -> None:
+        """Nothing to release: the trainer lives in this process (the port's close is for a
+        trainer group in processes of its own)."""
 
     def export_hf(self, directory: Path) -> None:
         """An HF folder of the current policy (for `metis eval`, a restarted engine, the model registry)."""

@@ -25,6 +25,8 @@ def test_shipped_default_yaml_loads():
         ("nonsense=1", "unknown key"),
         ("curriculum.pool_multiplier=1000", "exceeds"),
         ("trainer.zero_stage=5", "trainer.zero_stage"),
+        ("trainer.ranks=0", "trainer.ranks"),
+        ("trainer.ranks=1000", "larger than curriculum.batch_prompts"),
         ("data.domain_weights={code: 1}", "no entry in data.tasks is of that domain"),
         ("data.domain_weights={math: -1}", "must be >= 0"),
         ("data.domains.math.max_tokens=1000", "model.max_model_len"),
@@ -130,3 +132,10 @@ def test_cli_reports_bad_config_without_a_traceback(capsys):
 
     assert main(["config", "--set", "judge.lam=-1"]) == 2
     assert "judge.lam" in capsys.readouterr().err
+
+
+def test_ranks_take_zero_stages_that_reduce_once_per_step():
+    assert load_config(overrides=["trainer.ranks=2", "trainer.zero_stage=1"]).trainer.ranks == 2
+    assert load_config(overrides=["trainer.ranks=1", "trainer.zero_stage=3"]).trainer.ranks == 1
+    with pytest.raises(ConfigError, match="zero_stage 0 or 1"):
+        load_config(overrides=["trainer.ranks=2", "trainer.zero_stage=2"])

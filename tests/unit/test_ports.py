@@ -16,12 +16,14 @@ def adapters():
     from metis_core.engine.vllm_engine import PolicyEngine
     from metis_core.store.outcomes import OutcomeStore
     from metis_core.tracking.mlflow_tracker import Tracker
+    from metis_core.trainer.group import TrainerGroup
     from metis_core.trainer.policy_trainer import PolicyTrainer
 
     return [
         (PolicyEngine, ports.Engine),
         (RemoteEngine, ports.Engine),
         (PolicyTrainer, ports.Trainer),
+        (TrainerGroup, ports.Trainer),
         (OutcomeStore, ports.Store),
         (Tracker, ports.Tracker),
         (PreTrainedTokenizerBase, ports.Tokenizer),

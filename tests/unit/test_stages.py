@@ -121,6 +121,9 @@ class FakeTrainer:
     def export_hf(self, directory: Path) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
 
 class FakeTracker:
     """Keeps what it is told in lists instead of sending it to MLflow."""
