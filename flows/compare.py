@@ -18,6 +18,7 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from tqdm.auto import tqdm
 
 from metis_core.comparison import (
     ComparisonError,
@@ -164,7 +165,7 @@ def compare(
     try:
         for name, run_dir in comparison["children"].items():
             if is_finished(Path(run_dir)):
-                print(f"metis-compare: {name} finished earlier; not rerun")
+                tqdm.write(f"metis-compare: {name} finished earlier; not rerun")
                 continue
             try:
                 train.with_options(flow_run_name=name)(resume=run_dir)
@@ -175,7 +176,8 @@ def compare(
         _end_parent(comparison, "FAILED")
         raise
     _end_parent(comparison, "FAILED" if failed else "FINISHED")
-    print((Path(comparison["dir"]) / "comparison.md").read_text())
+    # (to the terminal, as metis train's lines: Prefect's console log is WARNING and up)
+    tqdm.write((Path(comparison["dir"]) / "comparison.md").read_text())
     if failed:
         raise RuntimeError("runs failed (the table leaves them out):\n" + "\n".join(failed))
     return comparison["dir"]
