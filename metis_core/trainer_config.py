@@ -50,11 +50,12 @@ class TrainerConfig(_Section):
     """C: the largest importance weight TIS gives a token (verl's default)."""
     max_logprob_gap: float | None = Field(None, gt=0)
     """The run stops, before the update, when the mean |log pi_trainer - log pi_engine| of the
-    sampled tokens exceeds this (nats/token). Unset: 0.01 for a float32 engine (measured 5e-6),
-    0.3 for bfloat16 (measured 0.03-0.12; a wrong temperature gave 0.23; docs/metis.md)."""
+    sampled tokens exceeds this (nats/token). Unset: 0.01 when the engine is float32 and the
+    trainer fp32 (measured 5e-6), 0.3 when either computes in bfloat16 (measured 0.03-0.12; a
+    wrong temperature gave 0.23; docs/metis.md)."""
 
     def logprob_gap_limit(self, engine_dtype: str) -> float:
-        """max_logprob_gap, or its default for the engine's dtype."""
+        """max_logprob_gap, or its default for the engine's dtype and this trainer's precision."""
         if self.max_logprob_gap is not None:
             return self.max_logprob_gap
-        return 0.01 if engine_dtype == "float32" else 0.3
+        return 0.01 if engine_dtype == "float32" and self.precision == "fp32" else 0.3

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,23 @@ from metis_core.trainer.rollout_correction import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _float32_tensors(module: torch.nn.Module) -> Iterator[None]:
+    """Inside: the module's bf16 parameters and buffers hold float32 copies (the same Parameter
+    objects, so the optimiser's references to the bf16 storage stay valid); restored on exit.
+    Only for no-grad passes."""
+    swapped = [
+        (t, t.data) for t in [*module.parameters(), *module.buffers()] if t.dtype == torch.bfloat16
+    ]
+    for t, data in swapped:
+        t.data = data.float()
+    try:
+        yield
+    finally:
+        for t, data in swapped:
+            t.data = data
 
 
 def deepspeed_config(cfg: TrainerConfig) -> dict[str, Any]:
@@ -144,10 +162,13 @@ class PolicyTrainer:
     @torch.no_grad()
     def sequence_logprobs(self, token_ids: list[int]) -> list[float]:
         """The trainer's log-prob of each token after the first (compare with the engine's), in
-        full precision so the sync check measures the engine, not autocast rounding."""
+        float32 arithmetic on the weights the engine is sent, so the sync check measures the
+        engine, not the trainer's bf16 rounding (autocast, or bf16 weights upcast for the call)."""
         self.engine.eval()
         batch = pack_sequences([token_ids[:1]], [token_ids[1:]], self.pad_id)
-        return full_logprobs(self.engine.module, batch, self.device, self.postprocess)[0].tolist()
+        with _float32_tensors(self.engine.module):
+            logprobs = full_logprobs(self.engine.module, batch, self.device, self.postprocess)
+        return logprobs[0].tolist()
 
     @torch.no_grad()
     def prompt_features(self, prompts: list[list[int]]) -> list[list[float]]:
