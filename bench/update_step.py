@@ -7,7 +7,10 @@ forward, backward and optimiser parts, the process's CPU time (user + system; on
 it moves less than wall time), minor page faults and involuntary context switches, and the peak
 RSS at the end. `--shape bfcl`: rows like the mixed config's function-calling ones instead
 (700-token prompts, 60-token calls). `--vary`: a new batch every step (new lengths, so new
-tensor shapes, as in a training run) instead of the same batch again.
+tensor shapes, as in a training run) instead of the same batch again. Each step's rate, in
+TFLOP/s, counts 6 x (parameters outside the embedding) per token the passes run (each shared
+prefix once, no padding) plus 6 x (LM head parameters) per trained token; attention scores are
+left out: compare it with bench/roofline.py's whole-model rate.
 
     .venv/bin/python bench/update_step.py --steps 5 --set precision=fp32
     .venv/bin/python bench/update_step.py --steps 2 --shape bfcl --set micro_batch_tokens=8192
@@ -37,6 +40,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    from metis_core.batch import pack_grouped
     from metis_core.config_loading import load_config
     from metis_core.launch import configure_runtime_environment
     from metis_core.model.weights import resolve_model
@@ -78,6 +82,20 @@ def main() -> None:
         )
         return rollouts, judgments
 
+    def work_tflop(rollouts: RolloutBatch, judgments: JudgmentBatch) -> float:
+        module = trainer.engine.module
+        head = module.get_output_embeddings().weight.numel()
+        body = sum(p.numel() for p in module.parameters()) - head  # tied: the head is the embedding
+        run, trained = 0, 0
+        for prompts, responses in (
+            (rollouts.prompt_ids, rollouts.response_ids),
+            (judgments.prompt_ids, judgments.judgment_ids),
+        ):
+            mb = pack_grouped(prompts, responses, trainer.pad_id)
+            run += int(mb.prefix_mask.sum() + mb.suffix_mask.sum())
+            trained += int(mb.loss_mask.sum())
+        return 6 * (body * run + head * trained) / 1e12
+
     rollouts, judgments = batch(vary=False)
 
     parts = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
@@ -110,6 +128,7 @@ def main() -> None:
             + "  ".join(f"{k} {v:.2f} s" for k, v in parts.items())
             + f"  cpu {user:.2f}+{system:.2f} s  faults {after.ru_minflt - before.ru_minflt}"
             + f"  preempted {after.ru_nivcsw - before.ru_nivcsw}"
+            + f"  {work_tflop(rollouts, judgments) / wall:.3f} TFLOP/s"
             + f"  load {Path('/proc/loadavg').read_text().split()[0]}"
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB

@@ -18,8 +18,10 @@ class TrainerConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = 0
     """DeepSpeed ZeRO stage."""
     precision: Literal["fp32", "bf16", "autocast-bf16"] = "fp32"
-    """fp32; bf16 (DeepSpeed bf16 weights, fp32 master copy); autocast-bf16 (fp32 weights, bf16
-    matmuls). On the 2-core CPU default, fp32 was steadiest (docs/BENCHMARKS.md)."""
+    """fp32; bf16 (DeepSpeed bf16 weights and gradients, fp32 master weights and AdamW state; the
+    engine is sent the bf16 weights); autocast-bf16 (fp32 weights, bf16 matmuls). bf16's matmuls
+    run about 3.5x fp32's on an AVX512-BF16 CPU; fp32 stays the default until a bf16 run is shown
+    to learn as well (docs/BENCHMARKS.md, "The update in bf16")."""
     micro_batch_size: int = Field(64, gt=0)
     """Rows per forward/backward pass; gradients accumulate to one optimiser step. Rows sharing a
     prompt run it once (metis_core/batch.py), so fewer, larger micro-batches are much faster;
