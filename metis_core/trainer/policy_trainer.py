@@ -47,7 +47,6 @@ from metis_core.batch import (
 )
 from metis_core.config import TrainerConfig
 from metis_core.ports import JudgmentBatch, RolloutBatch
-from metis_core.trainer.allocator import retain_freed_memory
 from metis_core.trainer.distributed import across_ranks, init_single_process_distributed
 from metis_core.trainer.forward import (
     full_logprobs,
@@ -112,9 +111,6 @@ class PolicyTrainer:
         engine/trainer log-prob gap (TrainerConfig.logprob_gap_limit)."""
         if not torch.cuda.is_available():
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
-            # Tensors freed by one update are reused by the next instead of being mapped and
-            # faulted in again (metis_core/trainer/allocator.py).
-            retain_freed_memory()
         import deepspeed
         from transformers import AutoModelForCausalLM
 
