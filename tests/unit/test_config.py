@@ -130,3 +130,15 @@ def test_cli_reports_bad_config_without_a_traceback(capsys):
 
     assert main(["config", "--set", "judge.lam=-1"]) == 2
     assert "judge.lam" in capsys.readouterr().err
+
+
+def test_the_default_gap_limit_is_loose_when_either_side_computes_in_bf16():
+    from metis_core.config import TrainerConfig
+
+    assert TrainerConfig().logprob_gap_limit("float32") == 0.01
+    assert TrainerConfig().logprob_gap_limit("bfloat16") == 0.3
+    assert TrainerConfig(precision="bf16").logprob_gap_limit("float32") == 0.3
+    assert TrainerConfig(precision="autocast-bf16").logprob_gap_limit("float32") == 0.3
+    assert (
+        TrainerConfig(precision="bf16", max_logprob_gap=0.05).logprob_gap_limit("float32") == 0.05
+    )
