@@ -19,7 +19,7 @@ class TrainerConfig(_Section):
     """DeepSpeed ZeRO stage."""
     precision: Literal["fp32", "bf16", "autocast-bf16"] = "fp32"
     """fp32; bf16 (DeepSpeed bf16 weights and gradients, fp32 master weights and AdamW state; the
-    engine is sent the bf16 weights); autocast-bf16 (fp32 weights, bf16 matmuls). bf16's matmuls
+    engine is sent the fp32 masters); autocast-bf16 (fp32 weights, bf16 matmuls). bf16's matmuls
     run about 3.5x fp32's on an AVX512-BF16 CPU; fp32 stays the default until a bf16 run is shown
     to learn as well (docs/BENCHMARKS.md, "The update in bf16")."""
     micro_batch_size: int = Field(64, gt=0)

@@ -1,7 +1,7 @@
 """trainer.precision=bf16 (DeepSpeed bf16 weights, fp32 master weights and optimiser) takes the
 step fp32 takes: same loss, gradients pointing the same way, the same update to the master
-weights up to bf16 rounding; and its sync-check log-probs are float32 arithmetic on the weights
-the engine is sent."""
+weights up to bf16 rounding; the engine is sent the fp32 masters, and the sync-check log-probs
+are float32 arithmetic on them."""
 
 import pytest
 import torch
@@ -46,6 +46,7 @@ def one_step(tiny_model, precision: str) -> dict:
         "dtypes": {p.dtype for p in params.values()},
         "grad": torch.cat([grads[n].flatten() for n in params]),
         "delta": torch.cat([(masters[id(p)] - before[n]).flatten() for n, p in params.items()]),
+        "after": torch.cat([masters[id(p)].flatten() for p in params.values()]),
         "sent": {n: w.clone() for n, w in trainer.named_weights()},
         "probe": trainer.sequence_logprobs(PROMPT + RESPONSES[2]),
     }
@@ -67,14 +68,17 @@ def test_a_bf16_step_follows_the_fp32_step(tiny_model):
     # entries whose tiny gradient flips sign under bf16 rounding differ; most agree).
     assert bf16["delta"].abs().sum() > 0
     assert cosine(bf16["delta"], fp32["delta"]) > 0.9
-    # The engine is sent the bf16 weights; the sync probe computes on them in float32.
-    assert {w.dtype for w in bf16["sent"].values()} == {torch.bfloat16}
+    # The engine is sent the fp32 master weights, not their bf16 copies (which an lr-sized
+    # update mostly leaves unchanged), and the sync probe computes on them in float32.
+    sent = torch.cat([w.flatten() for w in bf16["sent"].values()])
+    assert sent.dtype == torch.float32
+    assert torch.equal(sent, bf16["after"])
     gap = max(abs(a - b) for a, b in zip(bf16["probe"], fp32["probe"], strict=True))
     assert gap < 0.15  # measured 0.065 after this lr=1e-3 step on the tiny model
 
 
 def test_the_sync_probe_is_float32_arithmetic_on_the_sent_weights(tiny_model):
-    """An fp32 model holding exactly the bf16 trainer's weights gives the trainer's probe
+    """An fp32 model holding exactly the weights the bf16 trainer sends gives the trainer's probe
     log-probs: what a float32 engine loaded with them computes."""
     from transformers import AutoModelForCausalLM
 
@@ -85,7 +89,7 @@ def test_the_sync_probe_is_float32_arithmetic_on_the_sent_weights(tiny_model):
         tiny_model, TrainerConfig(precision="bf16", micro_batch_size=4), max_response_tokens=8
     )
     reference = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    reference.load_state_dict({n: w.float() for n, w in trainer.named_weights()}, strict=False)
+    reference.load_state_dict(dict(trainer.named_weights()), strict=False)
     ids = torch.tensor([PROMPT + RESPONSES[2]])
     with torch.no_grad():
         expected = torch.log_softmax(reference(input_ids=ids).logits[0, :-1].float(), dim=-1)
