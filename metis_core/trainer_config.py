@@ -19,9 +19,10 @@ class TrainerConfig(_Section):
     """DeepSpeed ZeRO stage."""
     precision: Literal["fp32", "bf16", "autocast-bf16"] = "fp32"
     """fp32; bf16 (DeepSpeed bf16 weights and gradients, fp32 master weights and AdamW state; the
-    engine is sent the fp32 masters); autocast-bf16 (fp32 weights, bf16 matmuls). bf16's matmuls
-    run about 3.5x fp32's on an AVX512-BF16 CPU; fp32 stays the default until a bf16 run is shown
-    to learn as well (docs/BENCHMARKS.md, "The update in bf16")."""
+    engine is sent the fp32 masters); autocast-bf16 (fp32 weights, bf16 matmuls). bf16 updates
+    take about half fp32's CPU time on an AVX512-BF16 CPU, but at lr 1e-5 most updates are below
+    bf16's resolution, so the bf16 forward lags the masters: the trainer/engine gap grew to 0.3
+    nats/token within 4 steps (docs/BENCHMARKS.md, "The update in bf16"), so fp32 is the default."""
     micro_batch_size: int = Field(64, gt=0)
     """Rows per forward/backward pass; gradients accumulate to one optimiser step. Rows sharing a
     prompt run it once (metis_core/batch.py), so fewer, larger micro-batches are much faster;
