@@ -20,6 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from metis_core.openmp import passive_openmp  # noqa: E402
+
+passive_openmp()  # as `metis` does, before torch loads (metis_core/openmp.py)
+
 MODEL_STAGES = ("judge", "rollout", "update", "sync", "evaluate", "checkpoint")
 
 

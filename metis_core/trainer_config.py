@@ -24,8 +24,11 @@ class TrainerConfig(_Section):
     equals the one-rank update on the whole batch. Needs at least N prompts per step
     (curriculum.batch_prompts) and ZeRO stage 0 or 1 (gradients reduced once per step)."""
     precision: Literal["fp32", "bf16", "autocast-bf16"] = "fp32"
-    """fp32; bf16 (DeepSpeed bf16 weights, fp32 master copy); autocast-bf16 (fp32 weights, bf16
-    matmuls). On the 2-core CPU default, fp32 was steadiest (docs/BENCHMARKS.md)."""
+    """fp32; bf16 (DeepSpeed bf16 weights and gradients, fp32 master weights and AdamW state; the
+    engine is sent the fp32 masters); autocast-bf16 (fp32 weights, bf16 matmuls). bf16 updates
+    take about half fp32's CPU time on an AVX512-BF16 CPU, but at lr 1e-5 most updates are below
+    bf16's resolution, so the bf16 forward lags the masters: the trainer/engine gap grew to 0.3
+    nats/token within 4 steps (docs/BENCHMARKS.md, "The update in bf16"), so fp32 is the default."""
     micro_batch_size: int = Field(64, gt=0)
     """Rows per forward/backward pass; gradients accumulate to one optimiser step. Rows sharing a
     prompt run it once (metis_core/batch.py), so fewer, larger micro-batches are much faster;
@@ -56,8 +59,9 @@ class TrainerConfig(_Section):
     """C: the largest importance weight TIS gives a token (verl's default)."""
     max_logprob_gap: float | None = Field(None, gt=0)
     """The run stops, before the update, when the mean |log pi_trainer - log pi_engine| of the
-    sampled tokens exceeds this (nats/token). Unset: 0.01 for a float32 engine (measured 5e-6),
-    0.3 for bfloat16 (measured 0.03-0.12; a wrong temperature gave 0.23; docs/metis.md)."""
+    sampled tokens exceeds this (nats/token). Unset: 0.01 when the engine is float32 and the
+    trainer fp32 (measured 5e-6), 0.3 when either computes in bfloat16 (measured 0.03-0.12; a
+    wrong temperature gave 0.23; docs/metis.md)."""
 
     @model_validator(mode="after")
     def _ranks_need_one_reduction_per_step(self) -> TrainerConfig:
@@ -72,7 +76,7 @@ class TrainerConfig(_Section):
         return self
 
     def logprob_gap_limit(self, engine_dtype: str) -> float:
-        """max_logprob_gap, or its default for the engine's dtype."""
+        """max_logprob_gap, or its default for the engine's dtype and this trainer's precision."""
         if self.max_logprob_gap is not None:
             return self.max_logprob_gap
-        return 0.01 if engine_dtype == "float32" else 0.3
+        return 0.01 if engine_dtype == "float32" and self.precision == "fp32" else 0.3

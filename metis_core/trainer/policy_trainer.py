@@ -22,7 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,26 @@ from metis_core.trainer.rollout_correction import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _float32_tensors(
+    module: torch.nn.Module, float32: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Inside: the module's bf16 parameters hold `float32(param)` (for precision=bf16, the fp32
+    master weights) and its bf16 buffers float32 copies; the same Parameter objects, so the
+    optimiser's references to the bf16 storage stay valid; restored on exit. No-grad passes only."""
+    params = [(t, t.data) for t in module.parameters() if t.dtype == torch.bfloat16]
+    buffers = [(t, t.data) for t in module.buffers() if t.dtype == torch.bfloat16]
+    for t, _ in params:
+        t.data = float32(t)
+    for t, data in buffers:
+        t.data = data.float()
+    try:
+        yield
+    finally:
+        for t, data in params + buffers:
+            t.data = data
 
 
 def deepspeed_config(cfg: TrainerConfig) -> dict[str, Any]:
@@ -148,10 +169,13 @@ class PolicyTrainer:
     @torch.no_grad()
     def sequence_logprobs(self, token_ids: list[int]) -> list[float]:
         """The trainer's log-prob of each token after the first (compare with the engine's), in
-        full precision so the sync check measures the engine, not autocast rounding."""
+        float32 arithmetic on the weights the engine is sent (named_weights), so the sync check
+        measures the engine, not the trainer's bf16 rounding (autocast, or bf16 weights)."""
         self.engine.eval()
         batch = pack_sequences([token_ids[:1]], [token_ids[1:]], self.pad_id)
-        return full_logprobs(self.engine.module, batch, self.device, self.postprocess)[0].tolist()
+        with _float32_tensors(self.engine.module, self._master):
+            logprobs = full_logprobs(self.engine.module, batch, self.device, self.postprocess)
+        return logprobs[0].tolist()
 
     @torch.no_grad()
     def prompt_features(self, prompts: list[list[int]]) -> list[list[float]]:
@@ -319,17 +343,37 @@ class PolicyTrainer:
         )
 
     # ---- weights out: sync and checkpoints ------------------------------------------------------
+    def _master(self, param: torch.Tensor) -> torch.Tensor:
+        """The fp32 weight the optimiser steps for `param`: the parameter itself in fp32, DeepSpeed's
+        fp32 master copy under precision=bf16 (full, not a ZeRO shard)."""
+        if param.dtype == torch.float32:
+            return param.detach()
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        full = safe_get_full_fp32_param(param)  # ZeRO 1-3 and DeepSpeed's BF16 optimiser
+        if full is not None:
+            return full
+        optimizer = self.engine.optimizer  # ZeRO-0 bf16: fp16_groups mirror fp32_groups
+        for low, high in zip(optimizer.fp16_groups, optimizer.fp32_groups, strict=True):
+            for lp, hp in zip(low, high, strict=True):
+                if lp is param:
+                    return hp.detach()
+        raise LookupError("no fp32 master weight for a bf16 parameter")
+
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Full HF-named parameters (gathered under ZeRO-3) for the inference engine."""
+        """Full HF-named fp32 weights (gathered under ZeRO-3) for the inference engine: under
+        precision=bf16 the master weights, not their bf16 copies, since updates at lr 1e-5 are
+        mostly below bf16's resolution: sent the bf16 copies, the engine sampled a policy that
+        moved 0.01-0.03 nats a step where fp32's moved 0.3 (docs/BENCHMARKS.md)."""
         module = self.engine.module
         if self.cfg.zero_stage == 3:
             import deepspeed
 
             params = list(module.parameters())
             with deepspeed.zero.GatheredParameters(params):
-                yield from ((n, p.detach().clone()) for n, p in module.named_parameters())
+                yield from ((n, self._master(p).clone()) for n, p in module.named_parameters())
         else:
-            yield from ((n, p.detach()) for n, p in module.named_parameters())
+            yield from ((n, self._master(p)) for n, p in module.named_parameters())
 
     def save_checkpoint(self, directory: Path, tag: str, client_state: dict[str, Any]) -> None:
         self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)

@@ -139,3 +139,15 @@ def test_ranks_take_zero_stages_that_reduce_once_per_step():
     assert load_config(overrides=["trainer.ranks=1", "trainer.zero_stage=3"]).trainer.ranks == 1
     with pytest.raises(ConfigError, match="zero_stage 0 or 1"):
         load_config(overrides=["trainer.ranks=2", "trainer.zero_stage=2"])
+
+
+def test_the_default_gap_limit_is_loose_when_either_side_computes_in_bf16():
+    from metis_core.config import TrainerConfig
+
+    assert TrainerConfig().logprob_gap_limit("float32") == 0.01
+    assert TrainerConfig().logprob_gap_limit("bfloat16") == 0.3
+    assert TrainerConfig(precision="bf16").logprob_gap_limit("float32") == 0.3
+    assert TrainerConfig(precision="autocast-bf16").logprob_gap_limit("float32") == 0.3
+    assert (
+        TrainerConfig(precision="bf16", max_logprob_gap=0.05).logprob_gap_limit("float32") == 0.05
+    )
