@@ -25,6 +25,7 @@ from prefect import flow
 
 R = TypeVar("R")
 ITERATION_FLOW = "metis-iteration"
+UNFINISHED = ["SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"]
 log = logging.getLogger(__name__)
 
 
@@ -72,14 +73,16 @@ def close_orphaned_iterations() -> int:
     closed = 0
     try:
         with get_client(sync_client=True) as client:
-            children = client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(parent_flow_run_id={"any_": [parent.id]})
+            children = client.read_flow_runs(  # (the unfinished only: a run has many steps)
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id={"any_": [parent.id]},
+                    state={"type": {"any_": UNFINISHED}},
+                )
             )
             for child in children:
-                if child.state is not None and not child.state.is_final():
-                    message = f"its process died; attempt {parent.run_count} replays the step"
-                    client.set_flow_run_state(child.id, Crashed(message=message), force=True)
-                    closed += 1
+                message = f"its process died; attempt {parent.run_count} replays the step"
+                client.set_flow_run_state(child.id, Crashed(message=message), force=True)
+                closed += 1
     except Exception as err:  # (bookkeeping for the UI: never worth failing a resume for)
         log.warning("could not close earlier attempts' iterations: %s: %s", type(err).__name__, err)
     return closed
