@@ -93,9 +93,9 @@ R = TypeVar("R")
 
 def _listening(iteration: Callable[..., R], stop: _StopRequest) -> Callable[..., R]:
     @functools.wraps(iteration)
-    def listening(*args: Any) -> R:
+    def listening(*args: Any, **kwargs: Any) -> R:
         with stop.listening():
-            return iteration(*args)
+            return iteration(*args, **kwargs)
 
     return listening
 
