@@ -36,8 +36,8 @@ import torch.multiprocessing  # noqa: F401  registers torch's shared-memory redu
 
 from metis_core.engine.vllm_engine import PolicyEngine
 from metis_core.ports import Completion, Engine, Tokenizer
+from metis_core.weight_buffer import plan, views
 
-ALIGN = 64  # bytes; every tensor starts at a multiple of this in the shared buffer
 PARENT_POLL_S = 0.5  # how often the worker checks that the trainer process is still there
 START_TIMEOUT_S = 900.0  # vLLM on a busy 2-core machine can take minutes to start
 
@@ -51,10 +51,6 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return "\n\n(in the engine process)\n" + str(self.args[0])
-
-
-Layout = list[tuple[str, torch.dtype, tuple[int, ...], int]]
-"""(name, dtype, shape, byte offset) of each tensor in the shared buffer."""
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -96,7 +92,7 @@ def _serve(
                 sent, layout = args
                 buffer = sent if sent is not None else buffer
                 assert buffer is not None, "the first weight push carries the buffer"
-                result = engine.load_weights(_views(buffer, layout))
+                result = engine.load_weights(views(buffer, layout))
             else:
                 result = getattr(engine, method)(*args, **kwargs)
             conn.send(("ok", result))
@@ -113,25 +109,6 @@ def _send_error(conn: multiprocessing.connection.Connection, exc: BaseException)
     except Exception:
         sendable = RuntimeError(f"{type(exc).__name__}: {exc}")
     conn.send(("error", (sendable, text)))
-
-
-def _views(buffer: torch.Tensor, layout: Layout) -> list[tuple[str, torch.Tensor]]:
-    """The named tensors `layout` places in `buffer` (views: no copy)."""
-    views = []
-    for name, dtype, shape, offset in layout:
-        size = torch.Size(shape).numel() * dtype.itemsize
-        views.append((name, buffer[offset : offset + size].view(dtype).view(shape)))
-    return views
-
-
-def _plan(tensors: Sequence[tuple[str, torch.Tensor]]) -> tuple[Layout, int]:
-    """Where each tensor goes in a shared buffer, and the buffer's size in bytes."""
-    layout: Layout = []
-    offset = 0
-    for name, tensor in tensors:
-        layout.append((name, tensor.dtype, tuple(tensor.shape), offset))
-        offset += -(-tensor.numel() * tensor.element_size() // ALIGN) * ALIGN
-    return layout, offset
 
 
 class RemoteEngine:
@@ -252,7 +229,7 @@ class RemoteEngine:
         """Copy the tensors into the shared buffer (a new one when they no longer fit) and have
         the worker load them from there; only the layout goes through the pipe."""
         tensors = list(named_tensors)
-        layout, size = _plan(tensors)
+        layout, size = plan(tensors)
         with self._lock, torch.no_grad():
             if self._buffer is None or self._buffer.numel() < size:
                 self._buffer = torch.empty(size, dtype=torch.uint8).share_memory_()

@@ -34,10 +34,11 @@ from typing import Any
 
 import torch
 
+from metis_core.weight_buffer import Layout, plan, views
+
 PARENT_POLL_S = 0.5  # how often a rank checks that the flow's process and torchrun are there
 IDLE_TIMEOUT = datetime.timedelta(days=30)  # the others wait in a broadcast between requests
 ERROR_GRACE_S = 2.0  # a failing rank > 0 waits this long, so rank 0 can answer with its error
-ALIGN = 64  # bytes; every tensor starts at a multiple of this in the weight buffer
 
 EVERY_RANK = {
     "start",
@@ -48,9 +49,6 @@ EVERY_RANK = {
     "close",
 }
 """Requests every rank takes part in; the others are answered by rank 0 alone."""
-
-Layout = list[tuple[str, torch.dtype, tuple[int, ...], int]]
-"""(name, dtype, shape, byte offset) of each tensor in the weight buffer."""
 
 
 def send(conn: multiprocessing.connection.Connection, message: Any) -> None:
@@ -95,25 +93,6 @@ def _watch(client_pid: int, launcher_pid: int) -> None:
         if os.getppid() != launcher_pid:
             os._exit(1)
         time.sleep(PARENT_POLL_S)
-
-
-def plan(tensors: list[tuple[str, torch.Tensor]]) -> tuple[Layout, int]:
-    """Where each tensor goes in the weight buffer, and the buffer's size in bytes."""
-    layout: Layout = []
-    offset = 0
-    for name, tensor in tensors:
-        layout.append((name, tensor.dtype, tuple(tensor.shape), offset))
-        offset += -(-tensor.numel() * tensor.element_size() // ALIGN) * ALIGN
-    return layout, offset
-
-
-def views(buffer: torch.Tensor, layout: Layout) -> list[tuple[str, torch.Tensor]]:
-    """The named tensors `layout` places in `buffer` (views: no copy)."""
-    out = []
-    for name, dtype, shape, offset in layout:
-        size = torch.Size(shape).numel() * dtype.itemsize
-        out.append((name, buffer[offset : offset + size].view(dtype).view(shape)))
-    return out
 
 
 def map_buffer(path: str, size: int) -> torch.Tensor:
