@@ -206,11 +206,16 @@ def _machine_limit(api: str, name: str = "metis-machine") -> None:
     body = json.dumps({"name": name, "limit": 1, "active": True}).encode()
     request = urllib.request.Request(f"{api}/v2/concurrency_limits/", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})  # fmt: skip
-    try:
-        urllib.request.urlopen(request, timeout=30).close()
-    except urllib.error.HTTPError as err:
-        if err.code != 409:  # 409: it exists
-            raise ServiceError(f"could not create the concurrency limit {name}: {err}") from err
+    for attempt in range(30):  # 503: SQLite busy, a retryable error as Prefect's client treats it
+        try:
+            urllib.request.urlopen(request, timeout=60).close()
+            return
+        except urllib.error.HTTPError as err:
+            if err.code == 409:  # it exists
+                return
+            if err.code != 503 or attempt == 29:
+                raise ServiceError(f"could not create the concurrency limit {name}: {err}") from err
+            time.sleep(2)
 
 
 def down(output_dir: str | Path) -> list[str]:

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -147,13 +148,19 @@ class Browser:
 
 
 def _flow_runs(prefect: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    with urllib.request.urlopen(
-        urllib.request.Request(
-            f"{prefect}/api/flow_runs/filter", method="POST", data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        ), timeout=10,
-    ) as r:  # fmt: skip
-        return json.loads(r.read())
+    request = urllib.request.Request(
+        f"{prefect}/api/flow_runs/filter", method="POST", data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    for attempt in range(30):  # 503: a SQLite server busy (database is locked); Prefect retries it
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as err:
+            if err.code != 503 or attempt == 29:
+                raise
+            time.sleep(2)
+    raise AssertionError("unreachable")
 
 
 def pages(run_dir: Path, mlflow: str, prefect: str) -> list[tuple[str, str, list[str], list]]:

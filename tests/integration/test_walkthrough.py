@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -39,16 +40,26 @@ def walkthrough() -> list[str]:
     return [line for line in block.group(1).splitlines() if line and not line.startswith("#")]
 
 
-def api(url: str, path: str, body: dict | None = None):
-    """A Prefect API call; up to 3 min: the SQLite server can stall for its 60 s busy timeout
-    (docs/deployments.md)."""
+def api(url: str, path: str, body: dict | None = None, method: str | None = None):
+    """A Prefect API call. Like Prefect's own client, it retries what the server calls retryable
+    (503: a SQLite `database is locked`, docs/deployments.md; 502, 429) for up to 3 minutes; one
+    attempt may itself stall for the server's 60 s busy timeout."""
     request = urllib.request.Request(
         f"{url}{path}",
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Content-Type": "application/json"},
+        method=method,
     )
-    with urllib.request.urlopen(request, timeout=180) as response:
-        return json.loads(response.read())
+    deadline = time.time() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=180) as response:
+                text = response.read()
+                return json.loads(text) if text else None
+        except urllib.error.HTTPError as error:
+            if error.code not in (429, 502, 503) or time.time() > deadline:
+                raise
+            time.sleep(2)
 
 
 def flow_runs(url: str, flow: str) -> list[dict]:
@@ -229,12 +240,12 @@ def test_the_walkthrough_and_what_it_promises(tiny_model, tmp_path):
             if d["name"] == "nightly-uniform-baseline"
         ]
         (schedule,) = nightly["schedules"]
-        api_patch = urllib.request.Request(
-            f"{prefect_api}/deployments/{nightly['id']}/schedules/{schedule['id']}",
-            data=json.dumps({"active": True}).encode(), method="PATCH",
-            headers={"Content-Type": "application/json"},
-        )  # fmt: skip
-        urllib.request.urlopen(api_patch, timeout=60).close()
+        api(
+            prefect_api,
+            f"/deployments/{nightly['id']}/schedules/{schedule['id']}",
+            {"active": True},
+            method="PATCH",
+        )
         (schedule,) = api(prefect_api, f"/deployments/{nightly['id']}")["schedules"]
         assert schedule["active"] is True
         body = {"deployments": {"id": {"any_": [nightly["id"]]}}}
