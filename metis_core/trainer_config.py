@@ -26,9 +26,14 @@ class TrainerConfig(_Section):
     precision: Literal["fp32", "bf16", "autocast-bf16"] = "fp32"
     """fp32; bf16 (DeepSpeed bf16 weights and gradients, fp32 master weights and AdamW state; the
     engine is sent the fp32 masters); autocast-bf16 (fp32 weights, bf16 matmuls). bf16 updates
-    take about half fp32's CPU time on an AVX512-BF16 CPU, but at lr 1e-5 most updates are below
-    bf16's resolution, so the bf16 forward lags the masters: the trainer/engine gap grew to 0.3
-    nats/token within 4 steps (docs/BENCHMARKS.md, "The update in bf16"), so fp32 is the default."""
+    take about half fp32's CPU time on an AVX512-BF16 CPU (docs/BENCHMARKS.md, "The update in
+    bf16"). fp32 is the default: how bf16 learns is measured there."""
+    bf16_rounding: Literal["stochastic", "nearest"] = "stochastic"
+    """How precision=bf16 makes its bf16 weights from the fp32 masters after each step. At lr
+    1e-5 most updates are below bf16's resolution: rounded to nearest, the bf16 weights lag the
+    masters in the direction of the updates, and the trainer/engine gap grew to 0.3 nats/token
+    within 4 steps; rounded stochastically (metis_core/trainer/rounding.py), the copies equal the
+    masters in expectation. Stochastic needs zero_stage 0-2 (ZeRO-3 shards the copies)."""
     micro_batch_size: int = Field(64, gt=0)
     """Rows per forward/backward pass; gradients accumulate to one optimiser step. Rows sharing a
     prompt run it once (metis_core/batch.py), so fewer, larger micro-batches are much faster;
@@ -72,6 +77,15 @@ class TrainerConfig(_Section):
                 f"trainer.ranks={self.ranks} needs trainer.zero_stage 0 or 1 (got "
                 f"{self.zero_stage}): stages 2 and 3 reduce gradients per micro-batch, and the "
                 "ranks' shares need not have the same number of micro-batches"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _stochastic_rounding_needs_whole_copies(self) -> TrainerConfig:
+        if self.precision == "bf16" and self.bf16_rounding == "stochastic" and self.zero_stage == 3:
+            raise ValueError(
+                "trainer.bf16_rounding=stochastic rounds whole bf16 weights, which ZeRO-3 shards "
+                "across ranks: set trainer.zero_stage to 0-2 or trainer.bf16_rounding=nearest"
             )
         return self
 

@@ -62,6 +62,7 @@ from metis_core.trainer.rollout_correction import (
     correct_tokens,
     summarize_mismatch,
 )
+from metis_core.trainer.rounding import round_copies
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +297,7 @@ class PolicyTrainer:
                 if judge_packs is not None:  # on-policy: the first epoch only
                     metrics |= self._judge_backward(judge_packs, judgments, lam)  # type: ignore[arg-type]
             self.engine.step()
+            self._round_bf16_copies()
             metrics |= sums
         # each rank summed its share of the batch's loss terms: report the whole batch's
         (metrics["task_loss"], metrics["clip_frac"], metrics["kl"]), _ = across_ranks(
@@ -359,6 +361,14 @@ class PolicyTrainer:
                 if lp is param:
                     return hp.detach()
         raise LookupError("no fp32 master weight for a bf16 parameter")
+
+    def _round_bf16_copies(self) -> None:
+        """Under precision=bf16 with stochastic rounding, remake the bf16 weights DeepSpeed just
+        rounded to nearest from the fp32 masters (metis_core/trainer/rounding.py)."""
+        if self.cfg.precision != "bf16" or self.cfg.bf16_rounding != "stochastic":
+            return
+        params = [p for p in self.engine.module.parameters() if p.dtype == torch.bfloat16]
+        round_copies([(p, self._master(p)) for p in params], step=self.engine.global_steps)
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Full HF-named fp32 weights (gathered under ZeRO-3) for the inference engine: under

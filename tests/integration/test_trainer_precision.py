@@ -13,12 +13,12 @@ RESPONSES = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
 ADVANTAGES = [0.75, -0.25, 0.5, -1.0]
 
 
-def one_step(tiny_model, precision: str) -> dict:
+def one_step(tiny_model, precision: str, **settings) -> dict:
     from metis_core.config import TrainerConfig
     from metis_core.ports import JudgmentBatch, RolloutBatch
     from metis_core.trainer.policy_trainer import PolicyTrainer
 
-    cfg = TrainerConfig(lr=1e-3, micro_batch_size=4, precision=precision)
+    cfg = TrainerConfig(lr=1e-3, micro_batch_size=4, precision=precision, **settings)
     trainer = PolicyTrainer(tiny_model, cfg, max_response_tokens=8)
     params = dict(trainer.engine.module.named_parameters())
     # The weights the optimiser steps: DeepSpeed's fp32 copies under bf16, the parameters in fp32.
@@ -47,6 +47,7 @@ def one_step(tiny_model, precision: str) -> dict:
         "grad": torch.cat([grads[n].flatten() for n in params]),
         "delta": torch.cat([(masters[id(p)] - before[n]).flatten() for n, p in params.items()]),
         "after": torch.cat([masters[id(p)].flatten() for p in params.values()]),
+        "copies": torch.cat([p.detach().float().flatten() for p in params.values()]),
         "sent": {n: w.clone() for n, w in trainer.named_weights()},
         "probe": trainer.sequence_logprobs(PROMPT + RESPONSES[2]),
     }
@@ -75,6 +76,23 @@ def test_a_bf16_step_follows_the_fp32_step(tiny_model):
     assert torch.equal(sent, bf16["after"])
     gap = max(abs(a - b) for a, b in zip(bf16["probe"], fp32["probe"], strict=True))
     assert gap < 0.15  # measured 0.065 after this lr=1e-3 step on the tiny model
+
+
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_the_bf16_weights_are_roundings_of_the_masters(tiny_model, rounding):
+    """After a step, each bf16 weight is its fp32 master rounded: to nearest, or stochastically
+    (one of the two bf16 neighbours, and then not always the nearer one)."""
+    step = one_step(tiny_model, "bf16", bf16_rounding=rounding)
+    masters, copies = step["after"], step["copies"]
+    nearest = masters.bfloat16().float()
+    if rounding == "nearest":
+        assert torch.equal(copies, nearest)
+        return
+    low = (masters.view(torch.int32) & ~0xFFFF).view(torch.float32)
+    high = ((masters.view(torch.int32) & ~0xFFFF) + 0x10000).view(torch.float32)
+    assert bool(((copies == low) | (copies == high)).all())
+    away = float((copies != nearest).float().mean())
+    assert 0.1 < away < 0.5, away  # about a quarter when the dropped bits are uniform
 
 
 def test_the_sync_probe_is_float32_arithmetic_on_the_sent_weights(tiny_model):
