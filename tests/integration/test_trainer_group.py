@@ -130,6 +130,34 @@ def test_close_ends_every_rank(tiny_model):
     assert not any(alive(pid) for pid in pids)
 
 
+def test_a_gap_over_the_limit_in_one_share_stops_every_rank(tiny_model):
+    """The engine/trainer gap is the whole batch's: rank 1's share alone is far off, rank 0's
+    exact, and both ranks raise EngineTrainerMismatch (none waits in a collective for the
+    other); the run's error names the gap, and the group ends."""
+    from metis_core.trainer.group import TrainerGroup
+    from metis_core.trainer.rollout_correction import EngineTrainerMismatch
+
+    config = TrainerConfig(ranks=2, **(SETTINGS | {"max_logprob_gap": 0.05}))
+    group = TrainerGroup(tiny_model, config, max_response_tokens=16)
+    pids = group.pids
+    try:
+        rollouts, judgments = batch(groups=4, n=2)
+        engine = []
+        for row, (prompt, response) in enumerate(
+            zip(rollouts.prompt_ids, rollouts.response_ids, strict=True)
+        ):
+            exact = group.sequence_logprobs(prompt + response)[-len(response) :]
+            on_rank_1 = (row // 2) % 2 == 1  # prompt group i trains on rank i mod 2
+            engine.append([lp - 1.0 if on_rank_1 else lp for lp in exact])
+        rollouts.engine_logprobs = engine
+        with pytest.raises(EngineTrainerMismatch, match="max_logprob_gap = 0.05"):
+            group.train_step(rollouts, judgments, lam=0.5)
+        assert group.process.poll() is not None
+        assert all(wait_gone(pid, 15) for pid in pids), "a rank outlived its group"
+    finally:
+        group.close()
+
+
 PARENT = """
 import sys
 from metis_core.config import TrainerConfig
