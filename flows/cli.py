@@ -7,6 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from metis_core.trainer_config import TrainerConfig
 
 EPILOG = """
 examples:
@@ -22,6 +26,7 @@ examples:
   metis eval --mlflow-run <MLflow run id> --samples 8             # a training run's latest checkpoint
   metis eval --checkpoint models:/<run id>@best --benchmarks heldout   # its best registered version
   metis services up                             # a Prefect and an MLflow server for every run after
+  metis trainer-node --config run.yaml --node-rank 1   # node 1's ranks of a run with trainer.nodes=2
   metis compare --config configs/compare.yaml --samplers uniform metis mopps dapo_dynamic --seeds 0 1 2
 
 Runs go to runs/<run id>/ (history.duckdb, checkpoints/, steps/). Metrics go to MLflow
@@ -61,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
             "compare",
             "train several samplers x seeds on one config and compare them (metis-compare)",
         ),
+        (
+            "trainer-node",
+            "start this machine's ranks of a run's trainer over several nodes (trainer.nodes)",
+        ),
     ):
         s = sub.add_parser(
             name,
@@ -91,6 +100,15 @@ def _parser() -> argparse.ArgumentParser:
             _eval_arguments(s)
         if name == "compare":
             _compare_arguments(s)
+        if name == "trainer-node":
+            s.add_argument(
+                "--node-rank",
+                type=int,
+                required=True,
+                metavar="I",
+                help="this node's index, 1 to trainer.nodes - 1 (node 0 is the run's machine); "
+                "give the run's --config/--set: the ranks wait for node 0 at trainer.rendezvous",
+            )
         if name == "train":
             s.add_argument(
                 "--resume",
@@ -260,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.command == "trainer-node":
+        return _trainer_node(args.node_rank, cfg.trainer)
     if args.command == "config":
         from metis_core.config_loading import config_reference
 
@@ -328,6 +348,16 @@ def _compare(args: argparse.Namespace, output_dir: str, name: str) -> int:
     )
     print(f"metis: comparison finished: {out}")
     return 0
+
+
+def _trainer_node(node_rank: int, trainer: TrainerConfig) -> int:
+    from metis_core.trainer.nodes import NodeError, start_node
+
+    try:
+        start_node(trainer, node_rank)  # becomes torchrun
+    except NodeError as err:
+        print(f"metis: {err}", file=sys.stderr)
+    return 2
 
 
 def _eval(args: argparse.Namespace) -> int:

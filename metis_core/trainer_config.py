@@ -23,6 +23,14 @@ class TrainerConfig(_Section):
     trains on its share of the step's prompt groups (group i on rank i mod N) and the update
     equals the one-rank update on the whole batch. Needs at least N prompts per step
     (curriculum.batch_prompts) and ZeRO stage 0 or 1 (gradients reduced once per step)."""
+    nodes: int = Field(1, ge=1)
+    """Machines the ranks span, trainer.ranks / nodes on each. 1: all on this machine. N > 1:
+    this machine (the flow's) is node 0 and holds rank 0; every other node runs `metis
+    trainer-node --node-rank I` with the same config (docs/deployments.md), and the run waits
+    for them when its trainer starts. Checkpoints need a folder every node sees."""
+    rendezvous: str = "127.0.0.1:29500"
+    """HOST:PORT where the nodes' ranks meet (torchrun's master address and port, on node 0):
+    an address of node 0 that the other nodes reach. Used when nodes > 1."""
     precision: Literal["fp32", "bf16", "autocast-bf16"] = "fp32"
     """fp32; bf16 (DeepSpeed bf16 weights and gradients, fp32 master weights and AdamW state; the
     engine is sent the fp32 masters); autocast-bf16 (fp32 weights, bf16 matmuls). bf16 updates
@@ -78,6 +86,18 @@ class TrainerConfig(_Section):
                 f"{self.zero_stage}): stages 2 and 3 reduce gradients per micro-batch, and the "
                 "ranks' shares need not have the same number of micro-batches"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _nodes_share_the_ranks(self) -> TrainerConfig:
+        if self.ranks % self.nodes:
+            raise ValueError(
+                f"trainer.ranks={self.ranks} do not split evenly over trainer.nodes={self.nodes}: "
+                "give every node the same number of ranks"
+            )
+        host, _, port = self.rendezvous.rpartition(":")
+        if self.nodes > 1 and not (host and port.isdigit()):
+            raise ValueError(f"trainer.rendezvous={self.rendezvous!r} is not HOST:PORT")
         return self
 
     @model_validator(mode="after")

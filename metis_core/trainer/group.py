@@ -26,7 +26,6 @@ import multiprocessing.util
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -38,7 +37,13 @@ import torch
 
 from metis_core.config import TrainerConfig
 from metis_core.ports import JudgmentBatch, RolloutBatch
-from metis_core.trainer.rank_worker import EVERY_RANK, map_buffer, receive, send
+from metis_core.trainer.nodes import torchrun_command
+from metis_core.trainer.rank_worker import (
+    EVERY_RANK,
+    map_buffer,
+    receive,
+    send,
+)
 from metis_core.weight_buffer import views
 
 log = logging.getLogger(__name__)
@@ -88,7 +93,7 @@ class TrainerGroup:
         start_timeout: float = START_TIMEOUT_S,
     ) -> None:
         """Start cfg.ranks ranks and wait until each holds the policy in `model_dir`."""
-        self.ranks = cfg.ranks
+        self.ranks, self.nodes = cfg.ranks, cfg.nodes
         self._lock = threading.RLock()  # one request at a time, any thread
         folder = _temporary_dir()
         self.output_path = folder / "ranks.log"
@@ -102,8 +107,7 @@ class TrainerGroup:
             "METIS_TRAINER_CLIENT_PID": str(os.getpid()),
             "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]),
         }
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc_per_node", str(cfg.ranks), "-m", "metis_core.trainer.rank_worker"]  # fmt: skip
+        command = torchrun_command(cfg.ranks, cfg.nodes, 0, cfg.rendezvous)
         output = self.output_path.open("wb")
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
         self.process = process
@@ -119,6 +123,12 @@ class TrainerGroup:
             self.close()
             if isinstance(exc, TrainerGroupDied):
                 raise TrainerGroupDied(f"{exc}; the ranks' last output:\n{tail}") from None
+            if isinstance(exc, TimeoutError) and cfg.nodes > 1:
+                raise TimeoutError(
+                    f"{exc}: the ranks wait for all {cfg.nodes} nodes; start nodes 1 to "
+                    f"{cfg.nodes - 1} with `metis trainer-node --node-rank I` and this run's "
+                    f"config, on machines that reach {cfg.rendezvous} (trainer.rendezvous)"
+                ) from None
             raise
         try:
             started = self._call("start", str(model_dir), cfg.model_dump(mode="json"),
@@ -159,11 +169,15 @@ class TrainerGroup:
         )
 
     def output_tail(self) -> str:
-        """The end of what torchrun and the ranks printed."""
+        """The end of what torchrun and this machine's ranks printed."""
         try:
-            return self.output_path.read_bytes()[-OUTPUT_TAIL:].decode(errors="replace")
+            tail = self.output_path.read_bytes()[-OUTPUT_TAIL:].decode(errors="replace")
         except OSError:
-            return "(the output file is gone)"
+            tail = "(the output file is gone)"
+        if self.nodes > 1:
+            tail += (f"\n(the ranks of nodes 1 to {self.nodes - 1} print to their own `metis "
+                     "trainer-node` output, on their machines)")  # fmt: skip
+        return tail
 
     def _call(self, method: str, *args: Any) -> Any:
         with self._lock:

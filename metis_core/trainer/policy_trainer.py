@@ -1,11 +1,10 @@
 """The trainer: one DeepSpeed engine holding the policy, stepping on L_task + lambda * L_judge.
 
-On CPU DeepSpeed runs with the gloo backend in this process (world size 1); on GPU the same code
-takes the CUDA accelerator. One `train_step` is one optimiser step per PPO epoch: the batch is cut
+DeepSpeed runs with gloo on CPU (world size 1 here, N ranks in a trainer group), the CUDA
+accelerator on GPU. One `train_step` is one optimiser step per PPO epoch: the batch is cut
 into micro-batches whose losses are weighted (metis_core.batch.micro_batch_weight) so their sum
 equals the whole batch's loss; gradients accumulate over the micro-batches and `step()` closes the
-epoch (DeepSpeed's unmanaged gradient accumulation: the batch decides how many micro-batches an
-epoch has, not a count fixed at start-up).
+epoch (unmanaged gradient accumulation: the batch decides the number of micro-batches).
 
 What is trained is what was sampled (docs/metis.md, "What the update trains on"):
 - log-probs at the sampling temperature (rollout.temperature for rollouts, judge.temperature for
@@ -58,10 +57,7 @@ from metis_core.trainer.forward import (
     logit_postprocess,
     prompt_features,
 )
-from metis_core.trainer.rollout_correction import (
-    correct_tokens,
-    summarize_mismatch,
-)
+from metis_core.trainer.rollout_correction import correct_tokens, summarize_mismatch
 from metis_core.trainer.rounding import round_copies
 
 log = logging.getLogger(__name__)
@@ -363,12 +359,10 @@ class PolicyTrainer:
         raise LookupError("no fp32 master weight for a bf16 parameter")
 
     def _round_bf16_copies(self) -> None:
-        """Under precision=bf16 with stochastic rounding, remake the bf16 weights DeepSpeed just
-        rounded to nearest from the fp32 masters (metis_core/trainer/rounding.py)."""
-        if self.cfg.precision != "bf16" or self.cfg.bf16_rounding != "stochastic":
-            return
-        params = [p for p in self.engine.module.parameters() if p.dtype == torch.bfloat16]
-        round_copies([(p, self._master(p)) for p in params], step=self.engine.global_steps)
+        """precision=bf16, stochastic: remake the bf16 weights from the masters (rounding.py)."""
+        if self.cfg.precision == "bf16" and self.cfg.bf16_rounding == "stochastic":
+            params = [p for p in self.engine.module.parameters() if p.dtype == torch.bfloat16]
+            round_copies([(p, self._master(p)) for p in params], step=self.engine.global_steps)
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Full HF-named fp32 weights (gathered under ZeRO-3) for the inference engine: under

@@ -1,6 +1,10 @@
-"""One rank of a trainer group (metis_core/trainer/group.py), as torchrun starts it:
+"""One rank of a trainer group (metis_core/trainer/group.py), as torchrun starts it
+(`torchrun_command`): on one machine
 
     python -m torch.distributed.run --standalone --nproc_per_node N -m metis_core.trainer.rank_worker
+
+or, over several nodes, one torchrun per node with static ranks (node i holds ranks i * N/nodes
+and up, so rank 0 is on node 0, the flow's machine; the others start with `metis trainer-node`).
 
 Every rank holds a `PolicyTrainer`; rank 0 also holds the connection to the flow's process
 (METIS_TRAINER_ADDRESS, a Unix socket, with METIS_TRAINER_AUTHKEY) and answers its requests.
@@ -84,10 +88,11 @@ def _forget_group_folder() -> None:
     shutil.rmtree(Path(os.environ["METIS_TRAINER_ADDRESS"]).parent, ignore_errors=True)
 
 
-def _watch(client_pid: int, launcher_pid: int) -> None:
-    """Exit this rank once the flow's process or torchrun (its parent) is gone."""
+def _watch(client_pid: int | None, launcher_pid: int) -> None:
+    """Exit this rank once the flow's process (on node 0) or torchrun (its parent) is gone. On
+    the other nodes a rank notices the flow's end when its collectives with rank 0 fail."""
     while True:
-        if gone(client_pid):
+        if client_pid is not None and gone(client_pid):
             _forget_group_folder()
             os._exit(1)
         if os.getppid() != launcher_pid:
@@ -232,7 +237,8 @@ def main() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
-    client_pid = int(os.environ["METIS_TRAINER_CLIENT_PID"])
+    on_node_0 = "METIS_TRAINER_CLIENT_PID" in os.environ  # the flow's machine
+    client_pid = int(os.environ["METIS_TRAINER_CLIENT_PID"]) if on_node_0 else None
     threading.Thread(target=_watch, args=(client_pid, os.getppid()), daemon=True).start()
     deepspeed.init_distributed(
         dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=IDLE_TIMEOUT
@@ -240,12 +246,17 @@ def main() -> None:
     rank = torch.distributed.get_rank()
     conn = None
     if rank == 0:
+        if not on_node_0:
+            raise SystemExit("rank 0 belongs on node 0, the flow's machine: start the other nodes "
+                             "with `metis trainer-node --node-rank I` and I >= 1")  # fmt: skip
         authkey = bytes.fromhex(os.environ["METIS_TRAINER_AUTHKEY"])
         conn = Client(os.environ["METIS_TRAINER_ADDRESS"], family="AF_UNIX", authkey=authkey)
     serve(Rank(rank, torch.distributed.get_world_size()), conn)
     if conn is not None:
         conn.close()
-        if gone(client_pid):  # the flow's process died: its end of the socket closed with it
+        if client_pid is not None and gone(
+            client_pid
+        ):  # the flow's process died: its end of the socket closed with it
             _forget_group_folder()
     torch.distributed.barrier()  # every rank has its `close`: tear the group down together
     torch.distributed.destroy_process_group()

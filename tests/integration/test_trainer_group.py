@@ -1,7 +1,8 @@
 """The trainer as a group of 2 data-parallel ranks under torchrun (trainer.ranks=2,
-metis_core/trainer/group.py) against one in-process PolicyTrainer on the tiny model: the same
-step on the same batch, ranks that agree, errors that come back with their traceback, and ranks
-that end with close(), with a failed collective, and with their SIGKILLed parent."""
+metis_core/trainer/group.py), on one machine and on two "nodes" (processes standing in for
+hosts), against one in-process PolicyTrainer on the tiny model: the same step on the same batch,
+ranks that agree, errors that come back with their traceback, a gap check over the whole batch,
+and ranks that end with close(), with a failed collective, and with their SIGKILLed parent."""
 
 import json
 import random
@@ -50,7 +51,23 @@ def batch(groups=6, n=3, seed=0):
     return RolloutBatch(prompts, responses, advantages), judgments
 
 
-def test_two_ranks_step_as_one_rank_on_the_whole_batch(tiny_model, tmp_path, monkeypatch):
+def start_node_1(settings: dict, log: Path) -> subprocess.Popen:
+    """Node 1 of a trainer on trainer.nodes=2, as a user starts it on another host."""
+    args = set_args([f"trainer.{key}={value}" for key, value in settings.items()])
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "flows.cli", "trainer-node", "--node-rank",
+                                 "1", *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def test_two_ranks_on_two_nodes_step_as_one_rank_on_the_whole_batch(
+    tiny_model, tmp_path, monkeypatch
+):
+    """trainer.nodes=2 with processes standing in for hosts: node 1's rank starts with `metis
+    trainer-node` (before the run, as on a cluster whose nodes come up in any order), node 0's
+    with the group; one rank per node. (One machine's ranks, --standalone, run in the tests
+    below and in the training runs.)"""
+    import socket
+
     import torch
 
     # the in-process trainer below sets these for its world of 1 (and keeps its port): restored
@@ -63,10 +80,16 @@ def test_two_ranks_step_as_one_rank_on_the_whole_batch(tiny_model, tmp_path, mon
     from metis_core.trainer.policy_trainer import PolicyTrainer
     from metis_core.trainer.shares import EmptyShare
 
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = {"ranks": 2, "nodes": 2, "rendezvous": f"127.0.0.1:{port}"} | SETTINGS
+    node = start_node_1(settings, tmp_path / "node1.log")
     rollouts, judgments = batch()
-    group = TrainerGroup(tiny_model, TrainerConfig(ranks=2, **SETTINGS), max_response_tokens=16)
+    group = TrainerGroup(tiny_model, TrainerConfig(**settings), max_response_tokens=16)
     try:
         assert len(set(group.pids)) == 2 and all(alive(pid) for pid in group.pids)
+        assert node.poll() is None and "joining node 0" in (tmp_path / "node1.log").read_text()
         before = {name: w.clone() for name, w in group.named_weights()}
         got = group.train_step(rollouts, judgments, lam=0.5)
         local = PolicyTrainer(tiny_model, TrainerConfig(**SETTINGS), max_response_tokens=16)
@@ -111,13 +134,18 @@ def test_two_ranks_step_as_one_rank_on_the_whole_batch(tiny_model, tmp_path, mon
                                  rollouts.advantages[:3])  # fmt: skip
         with pytest.raises(Exception) as failed:  # noqa: PT011 (rank 0 sees a broken collective)
             group.train_step(one_group, None, lam=0.0)
-        assert EmptyShare.__name__ in str(failed.value) + str(failed.value.__cause__)
         assert group.process.poll() is not None
         assert all(wait_gone(pid, 15) for pid in group.pids), "a rank outlived its group"
+        assert node.wait(timeout=60) != 0  # node 1's torchrun ends with its failed rank
+        # rank 1's traceback is in node 1's output, which the error points to
+        assert "`metis trainer-node` output" in str(failed.value.__cause__)
+        assert EmptyShare.__name__ in (tmp_path / "node1.log").read_text()
         with pytest.raises(TrainerGroupDied):
             group.sequence_logprobs(probe)
     finally:
         group.close()
+        if node.poll() is None:
+            node.kill()
 
 
 def test_close_ends_every_rank(tiny_model):
