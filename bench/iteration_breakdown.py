@@ -96,6 +96,8 @@ def main() -> None:
     )
     if 0 in per_step["time/iteration_s"]:
         print(f"warm-up iteration (step 0): {per_step['time/iteration_s'][0]:.1f} s")
+    if "memory/peak_rss_gib" in metrics:  # the flow's process: in-process engine and trainer
+        print(f"peak RSS of the run's process: {metrics['memory/peak_rss_gib']:.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -223,6 +224,7 @@ def log_iteration(
         metrics = report.iteration_metrics(run, Path(verified), Path(judgments))
         metrics.update(extra)
         metrics.update({f"time/{k}_s": v for k, v in run.stage_seconds.items()})
+        metrics.update(_process_memory())
         run.store.record_step(run_id, step, metrics)
         run.tracker.log_metrics(metrics, step)
         run.tracker.log_table(
@@ -231,6 +233,20 @@ def log_iteration(
         )
     failpoint("mlflow-logged", step)
     return metrics
+
+
+def _process_memory() -> dict[str, float]:
+    """The flow's process's resident memory now and at its peak, GiB (the in-process engine and
+    trainer included; a separate engine or a trainer group's ranks are processes of their own)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        now = pages * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError):  # no /proc (macOS): the peak alone
+        return {"memory/peak_rss_gib": peak}
+    return {"memory/rss_gib": now, "memory/peak_rss_gib": peak}
 
 
 @_always("plots")

@@ -113,6 +113,10 @@ def test_metrics_params_and_artifacts_logged(trained):
     assert run.data.metrics["mismatch/logprob_gap_mean"] < 1e-3
     assert run.data.metrics["mismatch/judge/logprob_gap_mean"] < 1e-3
     assert client.get_metric_history(run_id, "cost/rollouts")[-1].value == 2 * B * N
+    # the flow's process holds the engine and the trainer: over a GiB even for the tiny model
+    peak = [m.value for m in client.get_metric_history(run_id, "memory/peak_rss_gib")]
+    assert len(peak) == 2 and 1.0 < peak[0] <= peak[1] < 64, peak
+    assert 0 < run.data.metrics["memory/rss_gib"] <= peak[-1] + 1e-6
     # the initial policy is evaluated before any update, at step -1
     assert [m.step for m in client.get_metric_history(run_id, "eval/avg_at_2")] == [-1, 0, 1]
     assert (
