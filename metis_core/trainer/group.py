@@ -38,12 +38,7 @@ import torch
 from metis_core.config import TrainerConfig
 from metis_core.ports import JudgmentBatch, RolloutBatch
 from metis_core.trainer.nodes import torchrun_command
-from metis_core.trainer.rank_worker import (
-    EVERY_RANK,
-    map_buffer,
-    receive,
-    send,
-)
+from metis_core.trainer.rank_worker import EVERY_RANK, map_buffer, receive, send
 from metis_core.weight_buffer import views
 
 log = logging.getLogger(__name__)

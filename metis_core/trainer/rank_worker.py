@@ -254,9 +254,8 @@ def main() -> None:
     serve(Rank(rank, torch.distributed.get_world_size()), conn)
     if conn is not None:
         conn.close()
-        if client_pid is not None and gone(
-            client_pid
-        ):  # the flow's process died: its end of the socket closed with it
+        # the flow's process died: its end of the socket closed with it
+        if client_pid is not None and gone(client_pid):
             _forget_group_folder()
     torch.distributed.barrier()  # every rank has its `close`: tear the group down together
     torch.distributed.destroy_process_group()
