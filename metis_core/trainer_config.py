@@ -34,8 +34,9 @@ class TrainerConfig(_Section):
     precision: Literal["fp32", "bf16", "autocast-bf16"] = "fp32"
     """fp32; bf16 (DeepSpeed bf16 weights and gradients, fp32 master weights and AdamW state; the
     engine is sent the fp32 masters); autocast-bf16 (fp32 weights, bf16 matmuls). bf16 updates
-    take about half fp32's CPU time on an AVX512-BF16 CPU (docs/BENCHMARKS.md, "The update in
-    bf16"). fp32 is the default: how bf16 learns is measured there."""
+    take about half fp32's CPU time on an AVX512-BF16 CPU and, rounded stochastically, learned
+    as fp32 did in 3 same-seed runs (docs/BENCHMARKS.md, "bf16 with stochastic rounding"). fp32
+    stays the default: bf16 is fast only where the hardware has bf16 matmuls."""
     bf16_rounding: Literal["stochastic", "nearest"] = "stochastic"
     """How precision=bf16 makes its bf16 weights from the fp32 masters after each step. At lr
     1e-5 most updates are below bf16's resolution: rounded to nearest, the bf16 weights lag the
