@@ -24,7 +24,7 @@ from metis_core.openmp import passive_openmp  # noqa: E402
 
 passive_openmp()  # as `metis` does, before torch loads (metis_core/openmp.py)
 
-MODEL_STAGES = ("judge", "rollout", "update", "sync", "evaluate", "checkpoint")
+MODEL_STAGES = ("judge", "rollout", "update", "sync", "evaluate", "audit", "checkpoint")
 
 
 def main() -> None:
