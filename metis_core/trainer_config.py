@@ -87,6 +87,12 @@ class TrainerConfig(_Section):
                 f"{self.zero_stage}): stages 2 and 3 reduce gradients per micro-batch, and the "
                 "ranks' shares need not have the same number of micro-batches"
             )
+        if self.ranks > 1 and self.zero_stage == 1 and self.precision == "bf16":
+            raise ValueError(
+                f"trainer.ranks={self.ranks} with precision=bf16 needs trainer.zero_stage 0: "
+                "ZeRO-1 shards the fp32 master weights across the ranks, and rank 0 alone reads "
+                "them whole for the engine and the sync check"
+            )
         return self
 
     @model_validator(mode="after")

@@ -37,6 +37,8 @@ def test_each_node_starts_its_share_with_static_ranks():
     [
         ({"ranks": 3, "nodes": 2}, "split evenly"),
         ({"ranks": 2, "nodes": 2, "rendezvous": "node0"}, "HOST:PORT"),
+        # rank 0 alone reads the masters whole, which ZeRO-1 gathers in a collective
+        ({"ranks": 2, "zero_stage": 1, "precision": "bf16"}, "zero_stage 0"),
     ],
 )
 def test_bad_node_settings_are_refused(settings, message):
