@@ -16,19 +16,29 @@ import torch
 _LOW_BITS = 1 << 16  # the float32 mantissa bits that bfloat16 drops
 
 
+def _round_into(
+    copy: torch.Tensor, master: torch.Tensor, generator: torch.Generator, scratch: torch.Tensor
+) -> None:
+    """copy <- `master` rounded stochastically, in place, through `scratch` (int32, at least
+    master's size): no temporaries, so no fresh pages for the allocator to fault in each step."""
+    if master.dtype != torch.float32:
+        raise TypeError(f"stochastic rounding takes float32, got {master.dtype}")
+    bits = scratch[: master.numel()].view(master.shape)
+    bits.random_(0, _LOW_BITS, generator=generator)
+    # adding uniform noise below the kept bits and truncating rounds away from zero with the
+    # probability of the dropped fraction (sign-magnitude: it works on either sign)
+    bits.add_(master.contiguous().view(torch.int32))
+    bits.bitwise_and_(~(_LOW_BITS - 1))
+    copy.copy_(bits.view(torch.float32).view_as(copy))  # exact: the low bits are zero
+
+
 def stochastic_bf16(master: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """`master` (float32) rounded to bfloat16, up or down with probability proportional to its
     distance from each neighbour: E[result] == master. Finite inputs only (weights)."""
-    if master.dtype != torch.float32:
-        raise TypeError(f"stochastic_bf16 takes float32, got {master.dtype}")
-    bits = master.contiguous().view(torch.int32)
-    noise = torch.randint(
-        0, _LOW_BITS, bits.shape, dtype=torch.int32, generator=generator, device=bits.device
-    )
-    # adding uniform noise below the kept bits and truncating rounds away from zero with the
-    # probability of the dropped fraction (sign-magnitude: it works on either sign)
-    rounded = (bits + noise) & ~(_LOW_BITS - 1)
-    return rounded.view(torch.float32).to(torch.bfloat16)  # exact: the low bits are zero
+    out = torch.empty(master.shape, dtype=torch.bfloat16, device=master.device)
+    scratch = torch.empty(master.numel(), dtype=torch.int32, device=master.device)
+    _round_into(out, master, generator, scratch)
+    return out
 
 
 def round_copies(pairs: list[tuple[torch.Tensor, torch.Tensor]], step: int, seed: int = 0) -> None:
@@ -39,7 +49,7 @@ def round_copies(pairs: list[tuple[torch.Tensor, torch.Tensor]], step: int, seed
         return
     device = pairs[0][0].device
     generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+    scratch = torch.empty(max(c.numel() for c, _ in pairs), dtype=torch.int32, device=device)
     with torch.no_grad():
         for copy, master in pairs:
-            master = master.detach().to(device, torch.float32)
-            copy.copy_(stochastic_bf16(master, generator).view_as(copy))
+            _round_into(copy, master.detach().to(device, torch.float32), generator, scratch)
