@@ -161,8 +161,8 @@ def mlflow_values(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def _timing(key: str) -> bool:
-    """Metrics of wall-clock, which no two runs share."""
-    return key.startswith("time/") or "seconds" in key
+    """Metrics of the machine, which no two runs share: wall-clock, the process's memory."""
+    return key.startswith(("time/", "memory/")) or "seconds" in key
 
 
 def compare(reference: Path, killed: Path) -> dict[str, Any]:
