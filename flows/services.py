@@ -200,22 +200,38 @@ def up(
     return state
 
 
+RETRYABLE = (429, 502, 503)
+"""What Prefect's own client retries; 503 is the server's answer to errors it calls retryable,
+such as a SQLite "database is locked" (docs/deployments.md)."""
+
+
+def prefect_call(
+    request: urllib.request.Request, timeout: float = 60, within: float = 180
+) -> bytes:
+    """The body of a Prefect API answer to `request`, retrying RETRYABLE answers for up to
+    `within` seconds, as Prefect's client does; other HTTP errors are raised at once."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as reply:
+                return reply.read()
+        except urllib.error.HTTPError as err:
+            if err.code not in RETRYABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 def _machine_limit(api: str, name: str = "metis-machine") -> None:
     """The global concurrency limit training runs take a slot of (flows/train.py): one run of
     metis at a time on this machine. Kept if it exists (a user may have raised it)."""
     body = json.dumps({"name": name, "limit": 1, "active": True}).encode()
     request = urllib.request.Request(f"{api}/v2/concurrency_limits/", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})  # fmt: skip
-    for attempt in range(30):  # 503: SQLite busy, a retryable error as Prefect's client treats it
-        try:
-            urllib.request.urlopen(request, timeout=60).close()
-            return
-        except urllib.error.HTTPError as err:
-            if err.code == 409:  # it exists
-                return
-            if err.code != 503 or attempt == 29:
-                raise ServiceError(f"could not create the concurrency limit {name}: {err}") from err
-            time.sleep(2)
+    try:
+        prefect_call(request)
+    except urllib.error.HTTPError as err:
+        if err.code != 409:  # 409: it exists
+            raise ServiceError(f"could not create the concurrency limit {name}: {err}") from err
 
 
 def down(output_dir: str | Path) -> list[str]:

@@ -18,12 +18,14 @@ import base64
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # flows.services, run as a script
 
 FLAGS = [  # what this machine's closed network needs (no background fetches, no QUIC)
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -148,19 +150,13 @@ class Browser:
 
 
 def _flow_runs(prefect: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    from flows.services import prefect_call
+
     request = urllib.request.Request(
         f"{prefect}/api/flow_runs/filter", method="POST", data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
-    for attempt in range(30):  # 503: a SQLite server busy (database is locked); Prefect retries it
-        try:
-            with urllib.request.urlopen(request, timeout=60) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as err:
-            if err.code != 503 or attempt == 29:
-                raise
-            time.sleep(2)
-    raise AssertionError("unreachable")
+    return json.loads(prefect_call(request))
 
 
 def pages(run_dir: Path, mlflow: str, prefect: str) -> list[tuple[str, str, list[str], list]]:

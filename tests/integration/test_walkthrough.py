@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -41,25 +40,17 @@ def walkthrough() -> list[str]:
 
 
 def api(url: str, path: str, body: dict | None = None, method: str | None = None):
-    """A Prefect API call. Like Prefect's own client, it retries what the server calls retryable
-    (503: a SQLite `database is locked`, docs/deployments.md; 502, 429) for up to 3 minutes; one
-    attempt may itself stall for the server's 60 s busy timeout."""
+    """A Prefect API call, retried as Prefect's client retries (flows.services.prefect_call:
+    503 is a SQLite `database is locked`); one attempt may stall for the server's 60 s busy
+    timeout."""
     request = urllib.request.Request(
         f"{url}{path}",
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Content-Type": "application/json"},
         method=method,
     )
-    deadline = time.time() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(request, timeout=180) as response:
-                text = response.read()
-                return json.loads(text) if text else None
-        except urllib.error.HTTPError as error:
-            if error.code not in (429, 502, 503) or time.time() > deadline:
-                raise
-            time.sleep(2)
+    text = services.prefect_call(request, timeout=180)
+    return json.loads(text) if text else None
 
 
 def flow_runs(url: str, flow: str) -> list[dict]:
