@@ -25,7 +25,6 @@ from prefect import flow
 
 R = TypeVar("R")
 ITERATION_FLOW = "metis-iteration"
-UNFINISHED = ["SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"]
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +62,7 @@ def close_orphaned_iterations() -> int:
     run, or on a server that does not answer, nothing."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter
+    from prefect.client.schemas.objects import TERMINAL_STATES, StateType
     from prefect.context import FlowRunContext
     from prefect.states import Crashed
 
@@ -76,7 +76,7 @@ def close_orphaned_iterations() -> int:
             children = client.read_flow_runs(  # (the unfinished only: a run has many steps)
                 flow_run_filter=FlowRunFilter(
                     parent_flow_run_id={"any_": [parent.id]},
-                    state={"type": {"any_": UNFINISHED}},
+                    state={"type": {"any_": [t for t in StateType if t not in TERMINAL_STATES]}},
                 )
             )
             for child in children:

@@ -237,8 +237,8 @@ def main() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
-    on_node_0 = "METIS_TRAINER_CLIENT_PID" in os.environ  # the flow's machine
-    client_pid = int(os.environ["METIS_TRAINER_CLIENT_PID"]) if on_node_0 else None
+    client = os.environ.get("METIS_TRAINER_CLIENT_PID")  # set on node 0, the flow's machine
+    client_pid = int(client) if client else None
     threading.Thread(target=_watch, args=(client_pid, os.getppid()), daemon=True).start()
     deepspeed.init_distributed(
         dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=IDLE_TIMEOUT
@@ -246,7 +246,7 @@ def main() -> None:
     rank = torch.distributed.get_rank()
     conn = None
     if rank == 0:
-        if not on_node_0:
+        if client_pid is None:
             raise SystemExit("rank 0 belongs on node 0, the flow's machine: start the other nodes "
                              "with `metis trainer-node --node-rank I` and I >= 1")  # fmt: skip
         authkey = bytes.fromhex(os.environ["METIS_TRAINER_AUTHKEY"])
