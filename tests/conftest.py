@@ -206,6 +206,15 @@ def toy_domain():
     sys.modules.pop("tests.toy_domain", None)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the OS's pick)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def alive(pid: int) -> bool:
     """Running (a zombie waiting for its reaper counts as gone)."""
     try:

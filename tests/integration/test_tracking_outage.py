@@ -1,7 +1,6 @@
 """An MLflow server that goes down mid-run and comes back: training goes on, the metrics of the
 outage reach MLflow when it answers again, once each; unreachable at start, a clear error."""
 
-import socket
 import subprocess
 import sys
 import time
@@ -11,14 +10,9 @@ import pytest
 
 from metis_core.tracking import mlflow_tracker
 from metis_core.tracking.mlflow_tracker import Tracker, TrackingUnavailable
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(tmp_path, port):

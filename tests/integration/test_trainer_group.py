@@ -18,6 +18,7 @@ from metis_core.ports import JudgmentBatch, RolloutBatch
 from tests.conftest import (
     REPO,
     alive,
+    free_port,
     kill_group,
     run_metis,
     set_args,
@@ -66,8 +67,6 @@ def test_two_ranks_on_two_nodes_step_as_one_rank_on_the_whole_batch(
     trainer-node` (before the run, as on a cluster whose nodes come up in any order), node 0's
     with the group; one rank per node. (One machine's ranks, --standalone, run in the tests
     below and in the training runs.)"""
-    import socket
-
     import torch
 
     # the in-process trainer below sets these for its world of 1 (and keeps its port): restored
@@ -80,10 +79,7 @@ def test_two_ranks_on_two_nodes_step_as_one_rank_on_the_whole_batch(
     from metis_core.trainer.policy_trainer import PolicyTrainer
     from metis_core.trainer.shares import EmptyShare
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = {"ranks": 2, "nodes": 2, "rendezvous": f"127.0.0.1:{port}"} | SETTINGS
+    settings = {"ranks": 2, "nodes": 2, "rendezvous": f"127.0.0.1:{free_port()}"} | SETTINGS
     node = start_node_1(settings, tmp_path / "node1.log")
     rollouts, judgments = batch()
     group = TrainerGroup(tiny_model, TrainerConfig(**settings), max_response_tokens=16)
