@@ -57,6 +57,7 @@ from metis_core.trainer.forward import (
     logit_postprocess,
     prompt_features,
 )
+from metis_core.trainer.hardware import precision_advice
 from metis_core.trainer.rollout_correction import correct_tokens, summarize_mismatch
 from metis_core.trainer.rounding import round_copies
 
@@ -142,6 +143,8 @@ class PolicyTrainer:
         )
         self.device = torch.device(self.engine.device)
         self.autocast = cfg.precision == "autocast-bf16"
+        if advice := precision_advice(cfg.precision, self.device):
+            log.warning(advice)  # e.g. bf16 on an AVX2-only CPU: slower than fp32
 
     # ---- forward passes -------------------------------------------------------------------------
     def _logprobs(

@@ -1,0 +1,31 @@
+"""What the trainer's hardware does fast: whether bf16 matmuls are native here.
+
+bf16 pays only where the hardware multiplies bf16 natively: CUDA GPUs, and CPUs with AVX512-BF16
+or AMX (oneDNN's bf16 kernels). On an AVX2-only CPU oneDNN converts bf16 to fp32 around fp32
+kernels, and a bf16 update is slower than fp32's (docs/BENCHMARKS.md, "On an AVX2-only CPU").
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def native_bf16_matmul(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 matrices in hardware."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return True  # no reason to doubt it, no way to ask
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def precision_advice(precision: str, device: torch.device) -> str | None:
+    """A warning for a bf16 trainer precision on hardware without bf16 matmuls, else None."""
+    if precision == "fp32" or native_bf16_matmul(device):
+        return None
+    capability = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else device.type
+    return (
+        f"trainer.precision={precision} on a {capability} CPU without AVX512-BF16 or AMX: its bf16 "
+        "matmuls are emulated, so the update is slower than fp32's and no more accurate; "
+        "set trainer.precision=fp32 (the default) on this machine"
+    )
