@@ -115,3 +115,39 @@ def test_the_sync_probe_is_float32_arithmetic_on_the_sent_weights(tiny_model):
     probe = trainer.sequence_logprobs(ids[0].tolist())
     assert max(abs(a - b) for a, b in zip(probe, expected.tolist(), strict=True)) < 1e-4
     assert {p.dtype for p in trainer.engine.module.parameters()} == {torch.bfloat16}
+
+
+def test_a_bf16_trainer_resumed_from_its_checkpoint_takes_the_same_next_step(tiny_model, tmp_path):
+    """Checkpointed between two steps and loaded into a fresh trainer, precision=bf16 takes the
+    second step exactly as the uninterrupted trainer did: the fp32 masters, AdamW's state, the
+    bf16 copies and the step count (which seeds the stochastic rounding) all come back."""
+    from metis_core.config import TrainerConfig
+    from metis_core.ports import JudgmentBatch, RolloutBatch
+    from metis_core.trainer.policy_trainer import PolicyTrainer
+
+    cfg = TrainerConfig(lr=1e-3, micro_batch_size=4, precision="bf16")
+    rollouts = RolloutBatch([PROMPT] * 4, RESPONSES, ADVANTAGES)
+    judgments = JudgmentBatch([PROMPT, PROMPT], [[30, 31], [32]], [1.0, 0.0], baseline=0.5)
+
+    def state(trainer: PolicyTrainer) -> dict[str, torch.Tensor]:
+        module = trainer.engine.module
+        copies = {f"copy.{n}": p.detach().clone() for n, p in module.named_parameters()}
+        return copies | {f"master.{n}": w.clone() for n, w in trainer.named_weights()}
+
+    first = PolicyTrainer(tiny_model, cfg, max_response_tokens=8)
+    first.train_step(rollouts, judgments, lam=0.5)
+    first.save_checkpoint(tmp_path, "step-0", {"step": 0})
+    saved = state(first)
+    first.train_step(rollouts, judgments, lam=0.5)
+    expected = state(first)
+
+    resumed = PolicyTrainer(tiny_model, cfg, max_response_tokens=8)
+    assert resumed.load_checkpoint(tmp_path, "step-0")["step"] == 0
+    loaded = state(resumed)
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+    resumed.train_step(rollouts, judgments, lam=0.5)
+    got = state(resumed)
+    # the second step moved the weights, and the resumed trainer moved them the same way
+    assert not all(torch.equal(expected[k], v) for k, v in saved.items())
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
