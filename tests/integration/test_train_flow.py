@@ -204,3 +204,37 @@ def test_a_run_stops_with_a_clear_message_when_engine_and_trainer_disagree(tiny_
     assert not (run_dir / "checkpoints" / "latest.json").exists()
     client, run_id = mlflow_run(run_dir)
     assert client.get_run(run_id).info.status == "FAILED"
+
+
+def test_same_runs_tells_a_run_from_a_changed_copy(trained, tmp_path):
+    """bench/same_runs.py, the check that a refactor did not change behaviour, finds a run equal
+    to itself and a copy with one reward changed different."""
+    import shutil
+    import subprocess
+    import sys
+
+    run_dir = trained["run_dir"]
+
+    def same_runs(other):
+        return subprocess.run(
+            [sys.executable, "bench/same_runs.py", str(run_dir), str(other)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    assert same_runs(run_dir).returncode == 0
+    copy = tmp_path / run_dir.name
+    shutil.copytree(run_dir, copy)
+    con = duckdb.connect(str(copy / "history.duckdb"))
+    try:
+        con.execute(
+            "UPDATE outcomes SET reward = 1 - reward WHERE (step, sample) = (1, 0) "
+            "AND prompt_id = (SELECT min(prompt_id) FROM outcomes WHERE step = 1)"
+        )
+    finally:
+        con.close()
+    changed = same_runs(copy)
+    assert changed.returncode == 1, changed.stderr[-2000:]
+    assert '"outcomes_identical": false' in changed.stdout
+    assert '"judgments_identical": true' in changed.stdout
