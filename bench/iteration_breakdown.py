@@ -40,6 +40,11 @@ def main() -> None:
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--output-dir", default="runs/bench")
+    parser.add_argument(
+        "--peak",
+        type=float,
+        help="this machine's whole-model TFLOP/s (bench/roofline.py) to rate each stage against",
+    )
     args = parser.parse_args()
 
     from flows.cli import main as metis
@@ -96,8 +101,38 @@ def main() -> None:
     )
     if 0 in per_step["time/iteration_s"]:
         print(f"warm-up iteration (step 0): {per_step['time/iteration_s'][0]:.1f} s")
+    work_table(run_dir, measured, per_step, args.peak)
     if "memory/peak_rss_gib" in metrics:  # the flow's process: in-process engine and trainer
         print(f"peak RSS of the run's process: {metrics['memory/peak_rss_gib']:.2f} GiB")
+
+
+def work_table(
+    run_dir: Path, steps: list[int], per_step: dict[str, dict[int, float]], peak: float | None
+) -> None:
+    """Each model stage's work (bench/stage_work.py) and the rate it ran at, over `steps`."""
+    from bench.stage_work import model_size, stage_work
+    from metis_core.model.weights import resolve_model
+
+    config = json.loads((run_dir / "config.json").read_text())
+    size = model_size(resolve_model(config["model"]["path"]))
+    trains_judge = config["judge"]["lam"] > 0
+    done: dict[str, list[tuple[float, float]]] = {}
+    for step in steps:
+        work = stage_work(run_dir / "steps" / f"{step:06d}", size, trains_judge)
+        for stage, tflop in work.items():
+            seconds = per_step.get(f"time/{stage}_s", {}).get(step)
+            if seconds:
+                done.setdefault(stage, []).append((tflop, seconds))
+    print(
+        f"\nmodel work per iteration (body {size.body / 1e6:.1f}M + LM head {size.head / 1e6:.1f}M"
+        " parameters; bench/stage_work.py)"
+    )
+    print("\n| stage | TFLOP | TFLOP/s | of the peak |\n| --- | --- | --- | --- |")
+    for stage, pairs in done.items():
+        tflop = sum(t for t, _ in pairs) / len(pairs)
+        rate = sum(t for t, _ in pairs) / sum(s for _, s in pairs)
+        share = f"{rate / peak:.0%}" if peak else "-"
+        print(f"| {stage} | {tflop:.3f} | {rate:.3f} | {share} |")
 
 
 if __name__ == "__main__":
