@@ -6,6 +6,7 @@ share of the iteration, the judgment's share, and the share spent outside the mo
 select, verify, record, logging, and Prefect's own overhead between tasks).
 
     .venv/bin/python bench/iteration_breakdown.py --config configs/default.yaml --steps 5
+    .venv/bin/python bench/iteration_breakdown.py --run-dir runs/<run id> --peak 0.174
 """
 
 from __future__ import annotations
@@ -41,30 +42,37 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--output-dir", default="runs/bench")
     parser.add_argument(
+        "--run-dir",
+        type=Path,
+        help="report on this finished run (any config, any commit) instead of starting one",
+    )
+    parser.add_argument(
         "--peak",
         type=float,
         help="this machine's whole-model TFLOP/s (bench/roofline.py) to rate each stage against",
     )
     args = parser.parse_args()
 
-    from flows.cli import main as metis
+    total = float("nan")
+    run_dir = args.run_dir
+    if run_dir is None:
+        from flows.cli import main as metis
 
-    overrides = [
-        f"steps={args.steps}",
-        "eval.every=0",
-        "checkpoint_every=0",
-        f"output_dir={args.output_dir}",
-        "name=bench",
-        *args.overrides,
-    ]
-    started = time.time()
-    metis(["train", "--config", args.config, *[x for o in overrides for x in ("--set", o)]])
-    total = time.time() - started
-
-    run_dir = max(
-        (p for p in Path(args.output_dir).iterdir() if (p / "run.json").is_file()),
-        key=lambda p: p.stat().st_mtime,
-    )
+        overrides = [
+            f"steps={args.steps}",
+            "eval.every=0",
+            "checkpoint_every=0",
+            f"output_dir={args.output_dir}",
+            "name=bench",
+            *args.overrides,
+        ]
+        started = time.time()
+        metis(["train", "--config", args.config, *[x for o in overrides for x in ("--set", o)]])
+        total = time.time() - started
+        run_dir = max(
+            (p for p in Path(args.output_dir).iterdir() if (p / "run.json").is_file()),
+            key=lambda p: p.stat().st_mtime,
+        )
     info = json.loads((run_dir / "run.json").read_text())
     from mlflow.tracking import MlflowClient
 
@@ -80,9 +88,8 @@ def main() -> None:
     mean = {k[5:-2]: statistics.mean(per_step[k].get(s, 0.0) for s in measured) for k in keys}
     iteration = mean.pop("iteration")
     inside = sum(v for k, v in mean.items() if k in MODEL_STAGES)
-    print(
-        f"\nrun {run_dir}  ({len(measured)} measured iterations after warm-up; whole command {total:.0f} s)"
-    )
+    command = f"whole command {total:.0f} s" if total == total else "a finished run"
+    print(f"\nrun {run_dir}  ({len(measured)} measured iterations after warm-up; {command})")
     print(
         f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}"
     )

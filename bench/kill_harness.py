@@ -166,17 +166,17 @@ def _timing(key: str) -> bool:
     return key.startswith(("time/", "memory/")) or "seconds" in key
 
 
-def _same(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
+def _same(a: list[tuple[int, float]], b: list[tuple[int, float]], tolerance: float = 1e-6) -> bool:
     """The same steps with the same values, up to float32's last bits (1e-6): a resumed process
     can round a sum differently, MKL's kernels being reproducible only within a process (seen
     once: one judgment token's log-prob one ulp apart, the weights then 6e-9 apart)."""
     return len(a) == len(b) and all(
-        sa == sb and math.isclose(va, vb, rel_tol=1e-6, abs_tol=1e-6)
+        sa == sb and math.isclose(va, vb, rel_tol=tolerance, abs_tol=tolerance)
         for (sa, va), (sb, vb) in zip(a, b, strict=True)
     )
 
 
-def compare(reference: Path, killed: Path) -> dict[str, Any]:
+def compare(reference: Path, killed: Path, metric_tolerance: float = 1e-6) -> dict[str, Any]:
     a, b = snapshot(reference), snapshot(killed)
     gap = max((a["weights"][k] - b["weights"][k]).abs().max().item() for k in a["weights"])
     expected, logged = mlflow_values(reference), mlflow_values(killed)
@@ -198,7 +198,9 @@ def compare(reference: Path, killed: Path) -> dict[str, Any]:
             if {s for s, _ in v} - set(steps.get(k, []))
         },
         "mlflow_values_differ": sorted(
-            k for k, v in expected.items() if not _timing(k) and not _same(v, logged.get(k, []))
+            k
+            for k, v in expected.items()
+            if not _timing(k) and not _same(v, logged.get(k, []), metric_tolerance)
         ),
     }
 

@@ -14,6 +14,7 @@ left out: compare it with bench/roofline.py's whole-model rate.
 
     .venv/bin/python bench/update_step.py --steps 5 --set precision=fp32
     .venv/bin/python bench/update_step.py --steps 2 --shape bfcl --set micro_batch_tokens=8192
+    .venv/bin/python bench/update_step.py --steps 3 --set precision=bf16 --profile 25
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import random
 import resource
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,9 +42,15 @@ def main() -> None:
     parser.add_argument("--shape", choices=["default", "bfcl"], default="default")
     parser.add_argument("--vary", action="store_true", help="a new batch every step")
     parser.add_argument(
+        "--profile", type=int, default=0, metavar="ROWS",
+        help="profile the last step with torch.profiler and print its top ROWS operators",
+    )  # fmt: skip
+    parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="TRAINER_KEY=VALUE"
     )
     args = parser.parse_args()
+
+    import torch
 
     from metis_core.batch import pack_grouped
     from metis_core.config_loading import load_config
@@ -122,8 +130,11 @@ def main() -> None:
             rollouts, judgments = batch(vary=True)
         parts.update(dict.fromkeys(parts, 0.0))
         before = resource.getrusage(resource.RUSAGE_SELF)
+        profiling = args.profile and step == args.steps - 1
+        profiler = torch.profiler.profile(record_shapes=True) if profiling else nullcontext()
         start = time.perf_counter()
-        trainer.train_step(rollouts, judgments, lam=0.01)
+        with profiler:
+            trainer.train_step(rollouts, judgments, lam=0.01)
         wall = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_SELF)
         user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
@@ -135,6 +146,9 @@ def main() -> None:
             + f"  {work_tflop(rollouts, judgments) / wall:.3f} TFLOP/s"
             + f"  load {Path('/proc/loadavg').read_text().split()[0]}"
         )
+    if args.profile:
+        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile)
+        print(table)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
     print(f"peak RSS {peak:.2f} GiB")
 
