@@ -12,6 +12,39 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SESSION_START = time.monotonic()
+
+
+def _tier(item: pytest.Item) -> int:
+    """0 unit, 1 integration, 2 slow: the order the suite runs in, cheapest and broadest first."""
+    if item.get_closest_marker("slow"):
+        return 2
+    return 1 if item.get_closest_marker("integration") else 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Unit tests first, then integration, then slow; a module keeps its tests together (its
+    fixtures are built once) at the tier of its slowest test."""
+    module_tier: dict[str, int] = {}
+    for item in items:
+        module_tier[item.module.__name__] = max(
+            module_tier.get(item.module.__name__, 0), _tier(item)
+        )
+    items.sort(key=lambda item: module_tier[item.module.__name__])
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """METIS_TEST_BUDGET_MIN: once the session has run that many minutes, slow tests not yet
+    started are skipped, saying so (CI sets it: a machine much slower than ours must still finish
+    within CI's limit; unit and integration tests always run)."""
+    budget = os.environ.get("METIS_TEST_BUDGET_MIN")
+    if budget and item.get_closest_marker("slow"):
+        spent = (time.monotonic() - SESSION_START) / 60
+        if spent > float(budget):
+            pytest.skip(
+                f"the suite's time budget is spent ({spent:.0f} of METIS_TEST_BUDGET_MIN={budget} "
+                "minutes): run the slow tier alone with METIS_TEST_MARKERS=slow"
+            )
 
 
 @pytest.fixture(scope="session")
