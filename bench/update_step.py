@@ -146,7 +146,7 @@ def main() -> None:
             + f"  {work_tflop(rollouts, judgments) / wall:.3f} TFLOP/s"
             + f"  load {Path('/proc/loadavg').read_text().split()[0]}"
         )
-    if args.profile:
+    if args.profile and args.steps:
         table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile)
         print(table)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
