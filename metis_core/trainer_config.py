@@ -36,7 +36,8 @@ class TrainerConfig(_Section):
     engine is sent the fp32 masters); autocast-bf16 (fp32 weights, bf16 matmuls). bf16 updates
     take about half fp32's CPU time on an AVX512-BF16 CPU and, rounded stochastically, learned
     as fp32 did in 3 same-seed runs (docs/BENCHMARKS.md, "bf16 with stochastic rounding"). fp32
-    stays the default: bf16 is fast only where the hardware has bf16 matmuls."""
+    stays the default: bf16 is fast only where the hardware has bf16 matmuls; on an AVX2-only CPU
+    its matmuls ran 15-20x slower than fp32's, and the trainer warns."""
     bf16_rounding: Literal["stochastic", "nearest"] = "stochastic"
     """How precision=bf16 makes its bf16 weights from the fp32 masters after each step. At lr
     1e-5 most updates are below bf16's resolution: rounded to nearest, the bf16 weights lag the
