@@ -53,7 +53,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    total = float("nan")
+    total: float | None = None  # seconds of the whole command, when this script ran it
     run_dir = args.run_dir
     if run_dir is None:
         from flows.cli import main as metis
@@ -88,7 +88,7 @@ def main() -> None:
     mean = {k[5:-2]: statistics.mean(per_step[k].get(s, 0.0) for s in measured) for k in keys}
     iteration = mean.pop("iteration")
     inside = sum(v for k, v in mean.items() if k in MODEL_STAGES)
-    command = f"whole command {total:.0f} s" if total == total else "a finished run"
+    command = "a finished run" if total is None else f"whole command {total:.0f} s"
     print(f"\nrun {run_dir}  ({len(measured)} measured iterations after warm-up; {command})")
     print(
         f"machine: {platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}"

@@ -23,8 +23,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from metis_core.batch import prefix_groups
+from metis_core.batch import prefix_groups, shared_prefix_len
 
 
 @dataclass(frozen=True)
@@ -40,30 +41,26 @@ def model_size(model_dir: str | Path) -> ModelSize:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_dir)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        return size_of(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)))
+
+
+def size_of(model: Any) -> ModelSize:
+    """Parameter counts of a loaded HF causal LM (the trainer's module, say)."""
     head = model.get_output_embeddings().weight.numel()
     unique = {id(p): p.numel() for p in model.parameters()}  # a tied head counts once
     embedding = model.get_input_embeddings().weight.numel()
-    body = sum(unique.values()) - head - (0 if config.tie_word_embeddings else embedding)
-    return ModelSize(body=body, head=head)
+    tied = model.config.tie_word_embeddings
+    return ModelSize(body=sum(unique.values()) - head - (0 if tied else embedding), head=head)
 
 
 def unique_prefix_tokens(prompts: Sequence[Sequence[int]]) -> int:
     """Tokens an ideal prefix cache computes for these prompts: each distinct prefix once (the
     nodes of their token trie)."""
     ordered = sorted(tuple(p) for p in prompts)
-    total, previous = 0, ()
-    for prompt in ordered:
-        shared = 0
-        for a, b in zip(prompt, previous, strict=False):
-            if a != b:
-                break
-            shared += 1
-        total += len(prompt) - shared
-        previous = prompt
-    return total
+    # sorted, a prompt shares the most with its predecessor
+    previous = [(), *ordered]  # the first has none: shares 0
+    return sum(len(p) - shared_prefix_len([p, q]) for p, q in zip(ordered, previous, strict=False))
 
 
 def packed_tokens(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> int:
@@ -75,6 +72,17 @@ def packed_tokens(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence
         for p, r, g in zip(prompts, responses, row_group, strict=True)
     )
     return sum(len(p) for p in prefixes) + suffixes
+
+
+Rows = tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]]
+
+
+def update_tflop(size: ModelSize, batches: Sequence[Rows]) -> float:
+    """Forward and backward over (prompts, responses) batches as the trainer packs them, the LM
+    head on the responses' (trained) tokens."""
+    body = sum(packed_tokens(prompts, responses) for prompts, responses in batches)
+    trained = sum(len(r) for _, responses in batches for r in responses)
+    return 6 * (size.body * body + size.head * trained) / 1e12
 
 
 def stage_work(step_dir: Path, size: ModelSize, trains_judge: bool) -> dict[str, float]:
@@ -106,12 +114,14 @@ def stage_work(step_dir: Path, size: ModelSize, trains_judge: bool) -> dict[str,
     work["rollout"] = tflop(2, prompt_tokens + completions, completions)
     prompts = [g["prompt_token_ids"] for g in groups for _ in g["completions"]]
     responses = [c["token_ids"] for g in groups for c in g["completions"]]
-    body, trained = packed_tokens(prompts, responses), completions
+    batches: list[Rows] = [(prompts, responses)]
     judge_rows = [chosen[g["prompt_id"]] for g in groups if g["prompt_id"] in chosen]
     if trains_judge and judge_rows:
-        judge_prompts = [c["prompt_token_ids"] for c in judge_rows]
-        judge_tokens = [c["judgment_token_ids"] for c in judge_rows]
-        body += packed_tokens(judge_prompts, judge_tokens)
-        trained += sum(len(t) for t in judge_tokens)
-    work["update"] = tflop(6, body, trained)
+        batches.append(
+            (
+                [c["prompt_token_ids"] for c in judge_rows],
+                [c["judgment_token_ids"] for c in judge_rows],
+            )
+        )
+    work["update"] = update_tflop(size, batches)
     return work

@@ -52,7 +52,7 @@ def main() -> None:
 
     import torch
 
-    from metis_core.batch import pack_grouped
+    from bench.stage_work import size_of, update_tflop
     from metis_core.config_loading import load_config
     from metis_core.launch import configure_runtime_environment
     from metis_core.model.weights import resolve_model
@@ -94,19 +94,16 @@ def main() -> None:
         )
         return rollouts, judgments
 
+    size = size_of(trainer.engine.module)
+
     def work_tflop(rollouts: RolloutBatch, judgments: JudgmentBatch) -> float:
-        module = trainer.engine.module
-        head = module.get_output_embeddings().weight.numel()
-        body = sum(p.numel() for p in module.parameters()) - head  # tied: the head is the embedding
-        run, trained = 0, 0
-        for prompts, responses in (
-            (rollouts.prompt_ids, rollouts.response_ids),
-            (judgments.prompt_ids, judgments.judgment_ids),
-        ):
-            mb = pack_grouped(prompts, responses, trainer.pad_id)
-            run += int(mb.prefix_mask.sum() + mb.suffix_mask.sum())
-            trained += int(mb.loss_mask.sum())
-        return 6 * (body * run + head * trained) / 1e12
+        return update_tflop(
+            size,
+            [
+                (rollouts.prompt_ids, rollouts.response_ids),
+                (judgments.prompt_ids, judgments.judgment_ids),
+            ],
+        )
 
     rollouts, judgments = batch(vary=False)
 
