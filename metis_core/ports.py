@@ -12,7 +12,7 @@ importing an adapter. tests/unit/test_ports.py checks the adapters' signatures a
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +30,9 @@ class Completion:
     logprobs: list[float]
     """The log-prob of each sampled token under the distribution it was sampled from (masked by
     the decoding constraint, at the sampling temperature, after top-p); empty unless asked for."""
+    top_logprobs: list[dict[int, float]] = field(default_factory=list)
+    """Per sampled token, the log-probs of the `top_logprobs` most likely tokens (and the sampled
+    one) under that same distribution, by token id; empty unless asked for."""
 
 
 @dataclass
@@ -103,12 +106,13 @@ class Engine(Protocol):
         max_tokens: int,
         stop: Sequence[str] = (),
         logprobs: bool = True,
+        top_logprobs: int = 0,
         regex: str | Sequence[str | None] | None = None,
         seed: int,
     ) -> list[list[Completion]]:
         """n completions per prompt, each decoding constrained to `regex` when given (one for
         all prompts or one per prompt); the same prompts, parameters, weights and seed give the
-        same completions."""
+        same completions. `top_logprobs` > 0 also returns each step's most likely tokens."""
         ...
 
     def next_token_logprobs(

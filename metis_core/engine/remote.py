@@ -193,6 +193,7 @@ class RemoteEngine:
         max_tokens: int,
         stop: Sequence[str] = (),
         logprobs: bool = True,
+        top_logprobs: int = 0,
         regex: str | Sequence[str | None] | None = None,
         seed: int,
     ) -> list[list[Completion]]:
@@ -206,6 +207,7 @@ class RemoteEngine:
             max_tokens=max_tokens,
             stop=list(stop),
             logprobs=logprobs,
+            top_logprobs=top_logprobs,
             regex=regex if regex is None or isinstance(regex, str) else list(regex),
             seed=seed,
         )

@@ -89,13 +89,16 @@ class PolicyEngine:
         max_tokens: int,
         stop: Sequence[str] = (),
         logprobs: bool = True,
+        top_logprobs: int = 0,
         regex: str | Sequence[str | None] | None = None,
         seed: int,
     ) -> list[list[Completion]]:
         """n completions per prompt; with `regex` (one for all, or one per prompt), decoding is
         constrained to match it. Log-probs are those of the sampling distribution: the policy's
-        logits under the constraint's mask, divided by the temperature, after top-p. The same
-        prompts, parameters, weights and `seed` give the same completions."""
+        logits under the constraint's mask, divided by the temperature, after top-p; with
+        `top_logprobs` = k > 0, each step's k most likely tokens under it too (tokens the mask
+        removed come back at -inf). The same prompts, parameters, weights and `seed` give the
+        same completions."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import StructuredOutputsParams
@@ -108,7 +111,7 @@ class PolicyEngine:
                 top_p=top_p,
                 max_tokens=max_tokens,
                 stop=list(stop) or None,
-                logprobs=0 if logprobs else None,
+                logprobs=top_logprobs if top_logprobs > 0 else 0 if logprobs else None,
                 structured_outputs=StructuredOutputsParams(regex=pattern) if pattern else None,
             )
 
@@ -128,7 +131,12 @@ class PolicyEngine:
                     if c.logprobs
                     else []
                 )
-                group.append(Completion(list(c.token_ids), c.text, lps))
+                top = (
+                    [{tok: lp.logprob for tok, lp in step.items()} for step in c.logprobs]
+                    if top_logprobs > 0 and c.logprobs
+                    else []
+                )
+                group.append(Completion(list(c.token_ids), c.text, lps, top))
             result.append(group)
         return result
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from metis_core.judgment import (
     parse_judgment,
 )
 from metis_core.memory import PastOutcome, retrieve
+from metis_core.ports import Completion
 from metis_core.run import Run, read_json, write_json
 from metis_core.samplers.base import Candidate, domain_quota, top_b
 
@@ -81,6 +84,20 @@ def draw_candidates(run: Run, step: int) -> list[dict]:
     return picks
 
 
+DIGITS = 10
+"""Decimal digits, one token each: a judgment's answer is read digit by digit."""
+
+
+@dataclass(frozen=True)
+class ExpectedScore:
+    """One candidate's expected-value score, and what it cost."""
+
+    value: float
+    """E[v_hat] under the judge's distribution over the 26 allowed answers."""
+    requests: int
+    """The one-token engine requests it took beyond sampling the judgment."""
+
+
 def judge_rows(
     run: Run, rows: list[dict], memory: dict[str, list[CalibrationExample]], *, seed: int
 ) -> list[dict]:
@@ -104,11 +121,13 @@ def judge_rows(
         )
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prompts.append(tok.encode(text, add_special_tokens=False) + prefix_ids)
+    expected = cfg.scoring == "expected"
     outputs = run.engine.generate(
         prompts,
         n=1,
         temperature=cfg.temperature,
         max_tokens=cfg.max_tokens,
+        top_logprobs=DIGITS if expected else 0,  # every digit the constraint allows at a step
         regex=judgment_regex(run.cfg),
         seed=seed,
     )
@@ -122,42 +141,72 @@ def judge_rows(
         }
         for prompt, (out,) in zip(prompts, outputs, strict=True)
     ]
-    if cfg.scoring == "expected":
-        for row, expected in zip(judged, expected_judgments(run, prompts), strict=True):
-            row["v_hat_expected"] = expected
-            row["scoring_tokens"] = 1 + len(ALLOWED_DIGITS)  # one-token requests, charged
+    if expected:
+        sampled = [out for (out,) in outputs]
+        for row, score in zip(judged, expected_judgments(run, prompts, sampled), strict=True):
+            row["v_hat_expected"] = score.value
+            row["scoring_tokens"] = score.requests  # one-token requests, charged
     return judged
 
 
-def expected_judgments(run: Run, prompts: list[list[int]]) -> list[float]:
+def expected_judgments(
+    run: Run, prompts: list[list[int]], sampled: Sequence[Completion] | None = None
+) -> list[ExpectedScore]:
     """E[v_hat] of each judgment prompt (ending with JUDGMENT_PREFIX) under the judge's own
-    distribution over the 26 allowed answers: the tenths digit after the prefix and the
-    hundredths digit after each allowed tenths digit, read as next-token log-probs at the judge
-    temperature (4 one-token requests per prompt, all served from the prefix cache that sampling
-    the judgment just filled)."""
+    distribution over the 26 allowed answers, read as next-token log-probs at the judge
+    temperature: the tenths digit after the prefix, and the hundredths digit after each allowed
+    tenths digit.
+
+    A judgment sampled from that prompt with its top log-probs (`sampled`, one per prompt) already
+    holds two of the four distributions: its first step's is the tenths digit's, its second step's
+    the hundredths digit's after the tenths digit it drew. The rest are one-token requests (served
+    from the prefix cache that sampling filled): 2 per prompt with `sampled`, 4 without.
+    """
     tok = run.engine.tokenizer
-    digits = [tok.encode(str(d), add_special_tokens=False) for d in range(10)]
+    digits = [tok.encode(str(d), add_special_tokens=False) for d in range(DIGITS)]
     if any(len(ids) != 1 for ids in digits):
         raise ValueError("judge.scoring=expected needs a tokenizer with one token per digit")
     digit_of = {ids[0]: d for d, ids in enumerate(digits)}
-    requests, allowed = [], []
-    for prompt in prompts:
-        requests.append(prompt)
-        allowed.append([digits[d][0] for d in ALLOWED_DIGITS])
-        for d1, seconds in ALLOWED_DIGITS.items():
-            requests.append(prompt + digits[d1])
-            allowed.append([digits[d][0] for d in seconds])
-    logprobs = run.engine.next_token_logprobs(requests, allowed, run.cfg.judge.temperature)
-    by_digit = [
-        {digit_of[t]: lp for t, lp in lp_map.items() if t in digit_of} for lp_map in logprobs
-    ]
-    per_prompt = 1 + len(ALLOWED_DIGITS)
+
+    def by_digit(lp_map: dict[int, float]) -> dict[int, float]:
+        return {digit_of[t]: lp for t, lp in lp_map.items() if t in digit_of}
+
+    # what each prompt's score needs: the tenths digit's log-probs (key None, right after the
+    # prompt) and the hundredths digit's after each allowed tenths digit d1 (key d1)
+    wanted: list[tuple[int | None, list[int], list[int]]] = [(None, [], list(ALLOWED_DIGITS))]
+    wanted += [(d1, [digits[d1][0]], list(seconds)) for d1, seconds in ALLOWED_DIGITS.items()]
+    known: list[dict[int | None, dict[int, float]]] = []
+    asked: list[int] = []
+    requests, allowed, slots = [], [], []
+    for i, prompt in enumerate(prompts):
+        seen: dict[int | None, dict[int, float]] = {}
+        out = sampled[i] if sampled is not None else None
+        if (
+            out is not None
+            and len(out.top_logprobs) >= 2
+            and all(t in digit_of for t in out.token_ids[:2])
+        ):
+            seen[None] = by_digit(out.top_logprobs[0])
+            seen[digit_of[out.token_ids[0]]] = by_digit(out.top_logprobs[1])
+        missing = [
+            (key, after, next_digits) for key, after, next_digits in wanted if key not in seen
+        ]
+        for key, after, next_digits in missing:
+            requests.append(prompt + after)
+            allowed.append([digits[d][0] for d in next_digits])
+            slots.append((i, key))
+        known.append(seen)
+        asked.append(len(missing))
+    logprobs = (
+        run.engine.next_token_logprobs(requests, allowed, run.cfg.judge.temperature)
+        if requests
+        else []
+    )
+    for (i, key), lp_map in zip(slots, logprobs, strict=True):
+        known[i][key] = by_digit(lp_map)
     return [
-        expected_judgment(
-            by_digit[i * per_prompt],
-            {d1: by_digit[i * per_prompt + 1 + d1] for d1 in ALLOWED_DIGITS},
-        )
-        for i in range(len(prompts))
+        ExpectedScore(expected_judgment(seen[None], {d1: seen[d1] for d1 in ALLOWED_DIGITS}), n)
+        for seen, n in zip(known, asked, strict=True)
     ]
 
 

@@ -129,7 +129,7 @@ def test_expected_judgment_is_the_mean_of_sampled_judgments(engine):
         engine=engine, cfg=SimpleNamespace(judge=SimpleNamespace(temperature=1.0))
     )
     judge_prompts = [p + prefix for p in prompts]  # as judge_rows builds them
-    expected = expected_judgments(run, judge_prompts)
+    expected = [score.value for score in expected_judgments(run, judge_prompts)]
     n = 400
     groups = engine.generate(
         judge_prompts, n=n, temperature=1.0, max_tokens=12, regex=JUDGMENT_DIGITS_REGEX, seed=1
@@ -141,3 +141,41 @@ def test_expected_judgment_is_the_mean_of_sampled_judgments(engine):
         standard_error = max(draws.std().item() / n**0.5, 1e-3)
         assert 0.0 <= value <= 0.25
         assert abs(draws.mean().item() - value) < 5 * standard_error
+
+
+def test_expected_scores_reuse_the_sampled_judgments_log_probs(engine):
+    """The sampled judgment's first two steps are two of the four distributions the expected
+    score needs: read from its top log-probs, the score is the one four one-token requests give,
+    for two requests instead of four."""
+    from types import SimpleNamespace
+
+    from metis_core.stages.curriculum import DIGITS, expected_judgments
+
+    prefix = engine.tokenizer.encode(JUDGMENT_PREFIX, add_special_tokens=False)
+    judge_prompts = [engine.tokenizer.encode(p, add_special_tokens=False) + prefix for p in PROMPTS]
+    run = SimpleNamespace(
+        engine=engine, cfg=SimpleNamespace(judge=SimpleNamespace(temperature=1.0))
+    )
+    asked = expected_judgments(run, judge_prompts)
+    groups = engine.generate(
+        judge_prompts,
+        n=1,
+        temperature=1.0,
+        max_tokens=12,
+        top_logprobs=DIGITS,
+        regex=JUDGMENT_DIGITS_REGEX,
+        seed=3,
+    )
+    reused = expected_judgments(run, judge_prompts, [c for (c,) in groups])
+    assert [score.requests for score in asked] == [4] * len(PROMPTS)
+    assert [score.requests for score in reused] == [2] * len(PROMPTS)
+    for a, r in zip(asked, reused, strict=True):
+        assert 0.0 <= r.value <= 0.25
+        assert r.value == pytest.approx(a.value, abs=tolerance(engine) / 10)
+    # a judgment sampled without top log-probs, or one whose first token is not a digit, asks
+    plain = engine.generate(
+        judge_prompts, n=1, temperature=1.0, max_tokens=12, regex=JUDGMENT_DIGITS_REGEX, seed=3
+    )
+    fallback = expected_judgments(run, judge_prompts, [c for (c,) in plain])
+    assert [score.requests for score in fallback] == [4] * len(PROMPTS)
+    assert [s.value for s in fallback] == pytest.approx([a.value for a in asked], abs=1e-6)

@@ -23,7 +23,7 @@ class FakeEngine:
         self.sums: list[float] = []
 
     def generate(self, prompt_token_ids, *, n, temperature, top_p=1.0, max_tokens, stop=(),
-                 logprobs=True, regex=None, seed):  # fmt: skip
+                 logprobs=True, top_logprobs=0, regex=None, seed):  # fmt: skip
         return [[Completion([*p, seed + i], f"r{i}", [-0.5]) for i in range(n)]
                 for p in prompt_token_ids]  # fmt: skip
 

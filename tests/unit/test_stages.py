@@ -69,6 +69,7 @@ class FakeEngine:
         max_tokens: int,
         stop: Sequence[str] = (),
         logprobs: bool = True,
+        top_logprobs: int = 0,
         regex: str | Sequence[str | None] | None = None,
         seed: int,
     ) -> list[list[Completion]]:
