@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from metis_core.algorithms import is_zero_variance
 from metis_core.curriculum_config import CurriculumConfig
 
 
@@ -96,12 +97,9 @@ class Outcome:
 
     @property
     def zero_variance(self) -> bool:
-        """All rewards equal, within a tolerance (eight times 2/3 counts as constant)."""
-        return bool(np.ptp(self.rewards) <= ZERO_REWARD_SPREAD)
-
-
-ZERO_REWARD_SPREAD = 1e-6
-"""Rewards closer together than this count as equal (continuous rewards are sums of fractions)."""
+        """All rewards equal: the same rule (`algorithms.is_zero_variance` of their population
+        variance, in float64) as the metrics, the advantages and the history's variances."""
+        return is_zero_variance(float(np.var(np.asarray(self.rewards, dtype=np.float64))))
 
 
 class Sampler:

@@ -156,6 +156,22 @@ def test_constant_continuous_rewards_are_zero_variance():
     assert not is_zero_variance(float(realised_variance(spread)))
 
 
+def test_samplers_and_metrics_agree_on_which_groups_are_zero_variance():
+    """One rule: a sampler's Outcome (DAPO's filter, GRESO's skip counts) counts a group as
+    zero-variance exactly when the metrics and the advantages do."""
+    from metis_core.samplers.base import Outcome
+
+    groups = [
+        [2 / 3] * 8,  # equal up to float rounding
+        [0.5] * 7 + [0.51],  # a small real spread
+        [0.5] * 63 + [0.5 + 2e-4],  # a spread whose variance is under the tolerance
+        [0.0] * 4 + [1.0] * 4,
+    ]
+    for rewards in groups:
+        variance = float(realised_variance(torch.tensor([rewards], dtype=torch.float64)))
+        assert Outcome("p", rewards).zero_variance == is_zero_variance(variance) == (variance == 0)
+
+
 def test_zero_variance_fraction_counts_constant_continuous_groups():
     from metis_core.stages.report import _outcome_metrics
 
