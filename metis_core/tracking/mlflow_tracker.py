@@ -7,8 +7,10 @@ is logged at a step only if MLflow holds nothing for it at that step or later. T
 logged for a step stands (a replay computes the same one: runs are reproducible).
 
 An MLflow server that becomes unreachable mid-run does not stop training: metrics wait in memory,
-in order, and go out when it answers again (tried at most once a minute); artifacts and tags of
-the outage are skipped with a warning. Every step's metrics are also in the run's DuckDB `steps`
+in order, and go out when it answers again (tried at most once a minute); so do the model
+versions of checkpoints taken meanwhile (at the next checkpoint, or at the run's end, as long as
+the checkpoint's export is still on disk); artifacts and tags of the outage are skipped with a
+warning. Every step's metrics are also in the run's DuckDB `steps`
 table, which stays the record if the process ends before MLflow is back. Errors that are not an
 outage (a bad key, a deleted run) still raise. Unreachable at start, it fails before any model
 loads, naming the URI.
@@ -25,6 +27,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +56,17 @@ def _is_outage(error: Exception) -> bool:
 
 
 KIND_TAG = "mlflow.experimentKind"
+
+
+@dataclass(frozen=True)
+class PendingVersion:
+    """A checkpoint to register as a model version once MLflow answers again."""
+
+    hf_dir: str
+    step: int
+    run_id: str
+    accuracy: float | None
+    keep: int
 
 
 def metric_name(name: str) -> str:
@@ -105,6 +119,10 @@ class Tracker:
         self.tracking_uri = tracking_uri
         self._pending: list[tuple[dict[str, float], int]] = []
         """Metrics MLflow could not take yet, oldest first."""
+        self._pending_versions: list[PendingVersion] = []
+        """Checkpoints whose model version MLflow could not take yet, oldest first."""
+        self.outages = 0
+        """Calls skipped or failed because MLflow was unreachable, so far."""
         self._quiet_until = 0.0
         try:
             found = self.client.get_experiment_by_name(experiment)
@@ -208,6 +226,7 @@ class Tracker:
     def attempt(self, what: str, call: Callable[..., Any], *args: Any) -> bool:
         """call(*args), True if it went through; False (with a warning) when MLflow is out."""
         if time.monotonic() < self._quiet_until:
+            self.outages += 1
             log.warning("MLflow at %s is unreachable: %s skipped", self.tracking_uri, what)
             return False
         try:
@@ -216,6 +235,7 @@ class Tracker:
             if not _is_outage(err):
                 raise
             self._quiet_until = time.monotonic() + RETRY_AFTER_S
+            self.outages += 1
             log.warning(
                 "MLflow at %s is unreachable (%s): %s kept for later; training goes on",
                 self.tracking_uri,
@@ -259,10 +279,42 @@ class Tracker:
         self, hf_dir: str, step: int, run_id: str, accuracy: float | None, keep: int = 0
     ) -> str | None:
         """The HF export in `hf_dir` as a version of the run's registered model
-        (metis_core/tracking/registry.py); its version, or None when MLflow is unreachable."""
+        (metis_core/tracking/registry.py); its version, or None when MLflow is unreachable: then
+        it waits, with any earlier ones, for the next call or `end`."""
+        self._pending_versions.append(PendingVersion(hf_dir, step, run_id, accuracy, keep))
+        return self._register_pending().get(step)
+
+    @property
+    def pending_versions(self) -> list[int]:
+        """Steps whose checkpoint waits for MLflow to answer again to become a model version."""
+        return [v.step for v in self._pending_versions]
+
+    def _register_pending(self) -> dict[int, str]:
+        """Register the waiting checkpoints, oldest first, until MLflow is out again; an export
+        removed meanwhile (an older checkpoint pruned) is dropped with a warning."""
         from metis_core.tracking.registry import register_checkpoint
 
-        return register_checkpoint(self, hf_dir, step, run_id, accuracy, keep)
+        registered: dict[int, str] = {}
+        while self._pending_versions:
+            waiting = self._pending_versions[0]
+            if not (Path(waiting.hf_dir) / "config.json").is_file():
+                log.warning(
+                    "the checkpoint of step %d was removed before MLflow answered again: it has "
+                    "no model version (later checkpoints do)",
+                    waiting.step,
+                )
+                self._pending_versions.pop(0)
+                continue
+            outages = self.outages
+            version = register_checkpoint(
+                self, waiting.hf_dir, waiting.step, waiting.run_id, waiting.accuracy, waiting.keep
+            )
+            if self.outages > outages:
+                break
+            self._pending_versions.pop(0)
+            if version is not None:
+                registered[waiting.step] = version
+        return registered
 
     def end(self, status: str = "FINISHED") -> None:
         if self.run_id is None:
@@ -273,6 +325,14 @@ class Tracker:
             self._monitor = None
         self._quiet_until = 0.0  # one last try
         self._flush()
+        self._register_pending()
+        if self._pending_versions:
+            log.warning(
+                "MLflow at %s never came back: the checkpoints of steps %s have no model version "
+                "(their HF exports are on disk, in the run's checkpoints folder)",
+                self.tracking_uri,
+                self.pending_versions,
+            )
         if self._pending:
             log.warning(
                 "MLflow at %s never came back: steps %s are not in MLflow (they are in the run's "
