@@ -108,9 +108,23 @@ def main() -> None:
     )
     if 0 in per_step["time/iteration_s"]:
         print(f"warm-up iteration (step 0): {per_step['time/iteration_s'][0]:.1f} s")
+    step_table(steps, per_step)
     work_table(run_dir, measured, per_step, args.peak)
     if "memory/peak_rss_gib" in metrics:  # the flow's process: in-process engine and trainer
         print(f"peak RSS of the run's process: {metrics['memory/peak_rss_gib']:.2f} GiB")
+
+
+def step_table(steps: list[int], per_step: dict[str, dict[int, float]]) -> None:
+    """Each step's seconds in the model stages and in all: the spread between steps doing the
+    same work is the run-to-run noise a difference between two runs must clear."""
+    stages = [s for s in ("judge", "rollout", "update") if f"time/{s}_s" in per_step]
+    print("\n| step | " + " | ".join(stages) + " | iteration |")
+    print("| --- |" + " --- |" * (len(stages) + 1))
+    for step in steps:
+        cells = [per_step[f"time/{s}_s"].get(step) for s in stages]
+        cells.append(per_step["time/iteration_s"].get(step))
+        shown = ["-" if c is None else f"{c:.2f}" for c in cells]
+        print(f"| {step} | " + " | ".join(shown) + " |")
 
 
 def work_table(

@@ -238,3 +238,27 @@ def test_same_runs_tells_a_run_from_a_changed_copy(trained, tmp_path):
     assert changed.returncode == 1, changed.stderr[-2000:]
     assert '"outcomes_identical": false' in changed.stdout
     assert '"judgments_identical": true' in changed.stdout
+
+
+def test_iteration_breakdown_reports_a_finished_run(trained):
+    """bench/iteration_breakdown.py on a finished run: the stage table, each step's seconds and
+    each model stage's work."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "bench/iteration_breakdown.py", "--run-dir", str(trained["run_dir"])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("| **iteration** |") for line in lines)
+    assert "| step | judge | rollout | update | iteration |" in lines
+    steps = [line.split("|")[1].strip() for line in lines if re.match(r"\| \d+ \| [\d.]+ \|", line)]
+    assert steps == ["0", "1"]
+    work = {
+        line.split("|")[1].strip() for line in lines if re.match(r"\| \w+ \| \d+\.\d{3} \|", line)
+    }
+    assert {"judge", "rollout", "update"} <= work
