@@ -26,10 +26,11 @@ from prefect.states import Crashed, State
 from tqdm.auto import tqdm
 
 from flows.iterations import as_iteration, close_orphaned_iterations
+from metis_core.checkpoints import tag_of
 from metis_core.config_loading import load_config
 from metis_core.launch import is_finished, mark_finished, named_run_dir, open_run
 from metis_core.run import Run
-from metis_core.stages import report
+from metis_core.stages import policy, report
 from tasks import stages
 from tasks.runtime import register, release
 
@@ -255,6 +256,8 @@ def _train(run_dir: Path, stop: _StopRequest) -> str:
             tqdm.write(
                 f"metis: resumed {run.run_id} from its latest checkpoint: continuing at step {run.start_step}"
             )
+            restored = run.start_step - 1
+            policy.register_restored(run, restored, run.checkpoint_dir / tag_of(restored))
         elif cfg.eval.at_start:
             _initial_evaluation(run)
         bar = tqdm(range(run.start_step, cfg.steps), desc=run.run_id, unit="it", dynamic_ncols=True)

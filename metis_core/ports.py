@@ -196,7 +196,9 @@ class Store(Protocol):
 
     def step_metrics(self, run_id: str) -> list[tuple[int, dict[str, float]]]: ...
 
-    def latest_metric(self, run_id: str, key: str) -> float | None: ...
+    def latest_metric(
+        self, run_id: str, key: str, through_step: int | None = None
+    ) -> float | None: ...
 
 
 class Tracker(Protocol):

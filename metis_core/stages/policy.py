@@ -107,9 +107,11 @@ def evaluate(run: Run, step: int) -> dict[str, float]:
     return accuracy_metrics(results, cfg.samples, prefix="eval")
 
 
-def latest_heldout_accuracy(run: Run) -> float | None:
-    """The policy's most recent held-out avg@k (the steps table), None before any evaluation."""
-    return run.store.latest_metric(run.run_id, f"eval/avg_at_{run.cfg.eval.samples}")
+def latest_heldout_accuracy(run: Run, through_step: int | None = None) -> float | None:
+    """The policy's most recent held-out avg@k (the steps table), at `through_step` or before
+    when given; None before any evaluation."""
+    key = f"eval/avg_at_{run.cfg.eval.samples}"
+    return run.store.latest_metric(run.run_id, key, through_step)
 
 
 def checkpoint(
@@ -141,3 +143,19 @@ def checkpoint(
         before_commit()
 
     return checkpoints.write(run.checkpoint_dir, step, save, keep).path
+
+
+def register_restored(run: Run, step: int, folder: Path) -> None:
+    """The checkpoint a resumed run restarts from (`folder`, written at `step`) as a model
+    version, if it has none: its registration is lost when MLflow was down as it was taken and the
+    process was killed before MLflow came back. Idempotent: a registered one is found, not added
+    again."""
+    hf_dir = folder / "hf"
+    if run.cfg.register_checkpoints and (hf_dir / "config.json").is_file():
+        run.tracker.register_checkpoint(
+            str(hf_dir.resolve()),
+            step,
+            run.run_id,
+            latest_heldout_accuracy(run, through_step=step),
+            run.cfg.registered_versions_kept,
+        )

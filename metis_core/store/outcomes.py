@@ -291,25 +291,28 @@ class OutcomeStore:
             by_step.setdefault(step, {})[name] = value
         return sorted(by_step.items())
 
-    def latest_metric(self, run_id: str, key: str) -> float | None:
-        """The newest recorded value of one metric, None if no step has it. Searches the last
-        steps first, widening fourfold until found: a checkpoint asks this at every save of a
-        long run, and the answer is usually a few steps back."""
+    def latest_metric(self, run_id: str, key: str, through_step: int | None = None) -> float | None:
+        """The newest recorded value of one metric (at `through_step` or before, when given),
+        None if no step has it. Searches the last steps first, widening fourfold until found: a
+        checkpoint asks this at every save of a long run, and the answer is usually a few steps
+        back."""
         path = "$." + json.dumps(key)  # a quoted member of legacy JSON: keys hold `/` and `@`
         with self._connect() as con:
             newest = con.execute("SELECT max(step) FROM steps WHERE run_id = ?", [run_id])
             top = newest.fetchone()[0]
             if top is None:
                 return None
+            if through_step is not None:
+                top = min(top, through_step)
             window = 64
             while True:
                 found = con.execute(
-                    "SELECT step, value FROM step_values "
-                    "WHERE run_id = ? AND name = ? AND step >= ? AND value IS NOT NULL "
+                    "SELECT step, value FROM step_values WHERE run_id = ? AND name = ? "
+                    "AND step BETWEEN ? AND ? AND value IS NOT NULL "
                     "UNION ALL SELECT step, CAST(json_extract(metrics, ?) AS DOUBLE) FROM steps "
-                    "WHERE run_id = ? AND step >= ? AND metrics IS NOT NULL "
+                    "WHERE run_id = ? AND step BETWEEN ? AND ? AND metrics IS NOT NULL "
                     "AND json_extract(metrics, ?) IS NOT NULL ORDER BY step DESC LIMIT 1",
-                    [run_id, key, top - window, path, run_id, top - window, path],
+                    [run_id, key, top - window, top, path, run_id, top - window, top, path],
                 ).fetchone()
                 if found is not None or top - window < -1:
                     return None if found is None else float(found[1])

@@ -417,3 +417,32 @@ def test_expected_scores_ask_only_for_the_distributions_the_judgment_did_not_pas
     uniform = sum(p * v for p, v in [(1 / 3 / 10, x / 100) for x in range(20)])
     uniform += sum(1 / 3 / 6 * (20 + x) / 100 for x in range(6))
     assert score.value == pytest.approx(uniform)
+
+
+def test_a_resumed_run_registers_the_checkpoint_it_restarts_from(tmp_path):
+    """On resume the restored checkpoint's export goes to the tracker (which finds a registered
+    one instead of adding it again), with the held-out accuracy as of its step, not of steps
+    recorded after it and about to be replayed."""
+    run = make_run(tmp_path)
+    folder = tmp_path / "runs" / "r" / "checkpoints" / "step-000003"
+    (folder / "hf").mkdir(parents=True)
+    (folder / "hf" / "config.json").write_text("{}")
+    key = f"eval/avg_at_{run.cfg.eval.samples}"
+    run.store.record_step("r", 3, {key: 0.25})
+    run.store.record_step("r", 5, {key: 0.75})  # recorded before the kill, replayed after
+    accuracies = []
+    register = run.tracker.register_checkpoint
+
+    def recording(hf_dir, step, run_id, accuracy, keep=0):
+        accuracies.append((step, accuracy))
+        return register(hf_dir, step, run_id, accuracy, keep)
+
+    run.tracker.register_checkpoint = recording
+    policy.register_restored(run, 3, folder)
+    assert run.tracker.logged[-1] == ("model", str((folder / "hf").resolve()))
+    assert accuracies == [(3, 0.25)]
+    # no export (a checkpoint written without one), or registration off: nothing to register
+    policy.register_restored(run, 3, tmp_path / "elsewhere")
+    off = make_run(tmp_path / "off", extra=["register_checkpoints=false"])
+    policy.register_restored(off, 3, folder)
+    assert accuracies == [(3, 0.25)]

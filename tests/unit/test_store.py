@@ -161,6 +161,11 @@ def test_latest_metric_is_the_newest_step_that_has_it(store):
     assert store.latest_metric("nobody", "train/loss") is None
     full = [m["eval/avg_at_4"] for _, m in store.step_metrics("r") if "eval/avg_at_4" in m]
     assert store.latest_metric("r", "eval/avg_at_4") == full[-1]
+    # as of an earlier step (the checkpoint a resumed run restarts from)
+    assert store.latest_metric("r", "eval/avg_at_4", through_step=6) == 0.25
+    assert store.latest_metric("r", "eval/avg_at_4", through_step=7) == 0.75
+    assert store.latest_metric("r", "train/loss", through_step=7) == 0.5
+    assert store.latest_metric("r", "train/loss", through_step=-2) is None
 
 
 def test_steps_recorded_as_json_by_older_versions_stay_readable(store):
