@@ -69,7 +69,7 @@ def bare_params(kind: str, kw: dict[str, Any], count: int) -> list[Any]:
             top_p=kw.get("top_p", 1.0),
             max_tokens=kw["max_tokens"],
             stop=list(kw.get("stop", ())) or None,
-            logprobs=0 if kw.get("logprobs", True) else None,
+            logprobs=kw.get("top_logprobs", 0) or (0 if kw.get("logprobs", True) else None),
             structured_outputs=StructuredOutputsParams(regex=p) if p else None,
         )  # fmt: skip
         for i, p in enumerate(patterns)
