@@ -48,13 +48,22 @@ def stop(proc):
     proc.wait(timeout=30)
 
 
-def test_metrics_of_an_outage_arrive_once_when_mlflow_is_back(tmp_path, monkeypatch):
+@pytest.fixture
+def retry_at_once(monkeypatch):
+    """A call during an outage fails at once, and the next one tries MLflow again."""
     monkeypatch.setattr(mlflow_tracker, "RETRY_AFTER_S", 0.0)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+
+def tracker_on(port, tmp_path):
+    return Tracker(f"http://127.0.0.1:{port}", "outage", tmp_path / "artifacts")
+
+
+def test_metrics_of_an_outage_arrive_once_when_mlflow_is_back(tmp_path, retry_at_once):
     port = free_port()
     server = serve(tmp_path, port)
     try:
-        tracker = Tracker(f"http://127.0.0.1:{port}", "outage", tmp_path / "artifacts")
+        tracker = tracker_on(port, tmp_path)
         run_id = tracker.start("r")
         tracker.log_metrics({"loss": 0.0}, 0)
         stop(server)
@@ -75,20 +84,18 @@ def test_metrics_of_an_outage_arrive_once_when_mlflow_is_back(tmp_path, monkeypa
 
 
 def test_checkpoints_of_an_outage_become_model_versions_when_mlflow_is_back(
-    tmp_path, monkeypatch, caplog
+    tmp_path, retry_at_once, caplog
 ):
     """A checkpoint taken while MLflow is down gets its model version at the next checkpoint
     after MLflow is back, unless its export was pruned meanwhile (then a warning says so)."""
     from metis_core.tracking.registry import STEP_TAG, model_name
     from tests.unit.test_registry import _export
 
-    monkeypatch.setattr(mlflow_tracker, "RETRY_AFTER_S", 0.0)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     port = free_port()
     server = serve(tmp_path, port)
     run = "metis-outage-20261202-000000-abcd"
     try:
-        tracker = Tracker(f"http://127.0.0.1:{port}", "outage", tmp_path / "artifacts")
+        tracker = tracker_on(port, tmp_path)
         tracker.start("r")
         exports = {step: _export(tmp_path / f"s{step}", step) for step in range(4)}
         assert tracker.register_checkpoint(exports[0], 0, run, 0.1) == "1"
@@ -108,15 +115,13 @@ def test_checkpoints_of_an_outage_become_model_versions_when_mlflow_is_back(
         stop(server)
 
 
-def test_a_checkpoint_mlflow_never_took_is_named_at_the_end(tmp_path, monkeypatch, caplog):
+def test_a_checkpoint_mlflow_never_took_is_named_at_the_end(tmp_path, retry_at_once, caplog):
     from tests.unit.test_registry import _export
 
-    monkeypatch.setattr(mlflow_tracker, "RETRY_AFTER_S", 0.0)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     port = free_port()
     server = serve(tmp_path, port)
     try:
-        tracker = Tracker(f"http://127.0.0.1:{port}", "outage", tmp_path / "artifacts")
+        tracker = tracker_on(port, tmp_path)
         tracker.start("r")
     finally:
         stop(server)
