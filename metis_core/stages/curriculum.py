@@ -175,19 +175,20 @@ def expected_judgments(
     # prompt) and the hundredths digit's after each allowed tenths digit d1 (key d1)
     wanted: list[tuple[int | None, list[int], list[int]]] = [(None, [], list(ALLOWED_DIGITS))]
     wanted += [(d1, [digits[d1][0]], list(seconds)) for d1, seconds in ALLOWED_DIGITS.items()]
+    next_of = {key: next_digits for key, _, next_digits in wanted}
     known: list[dict[int | None, dict[int, float]]] = []
     asked: list[int] = []
     requests, allowed, slots = [], [], []
     for i, prompt in enumerate(prompts):
         seen: dict[int | None, dict[int, float]] = {}
         out = sampled[i] if sampled is not None else None
-        if (
-            out is not None
-            and len(out.top_logprobs) >= 2
-            and all(t in digit_of for t in out.token_ids[:2])
-        ):
-            seen[None] = by_digit(out.top_logprobs[0])
-            seen[digit_of[out.token_ids[0]]] = by_digit(out.top_logprobs[1])
+        if out is not None and out.top_logprobs and out.token_ids[0] in digit_of:
+            # step 0 saw the tenths digit's distribution, step 1 the hundredths digit's after
+            # the one drawn; each counts only if its top log-probs hold every allowed digit
+            # (with multi-digit tokens in a vocabulary, they can crowd a digit out)
+            for key, top in zip([None, digit_of[out.token_ids[0]]], out.top_logprobs, strict=False):
+                if {digits[d][0] for d in next_of[key]} <= top.keys():
+                    seen[key] = by_digit(top)
         missing = [
             (key, after, next_digits) for key, after, next_digits in wanted if key not in seen
         ]

@@ -409,6 +409,13 @@ def test_expected_scores_ask_only_for_the_distributions_the_judgment_did_not_pas
         ([7, 7, digit[0]], [digit[d] for d in range(10)]),
         ([7, 7, digit[2]], [digit[d] for d in range(6)]),
     ]
+    # top log-probs that miss an allowed digit (crowded out by multi-digit tokens) are not used
+    engine.asked.clear()
+    crowded = Completion(drawn.token_ids, drawn.text, drawn.logprobs,
+                         [drawn.top_logprobs[0], {digit[3]: 0.0}])  # fmt: skip
+    (score,) = expected_judgments(run, [prompt], [crowded])
+    assert score.requests == 3
+    assert [p for p, _ in engine.asked] == [[7, 7, digit[d]] for d in (0, 1, 2)]
     # without a sampled judgment: all four distributions are asked for, uniform gives the mean
     engine.asked.clear()
     (score,) = expected_judgments(run, [prompt], None)
