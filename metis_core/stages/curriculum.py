@@ -171,11 +171,9 @@ def expected_judgments(
     def by_digit(lp_map: dict[int, float]) -> dict[int, float]:
         return {digit_of[t]: lp for t, lp in lp_map.items() if t in digit_of}
 
-    # what each prompt's score needs: the tenths digit's log-probs (key None, right after the
-    # prompt) and the hundredths digit's after each allowed tenths digit d1 (key d1)
-    wanted: list[tuple[int | None, list[int], list[int]]] = [(None, [], list(ALLOWED_DIGITS))]
-    wanted += [(d1, [digits[d1][0]], list(seconds)) for d1, seconds in ALLOWED_DIGITS.items()]
-    next_of = {key: next_digits for key, _, next_digits in wanted}
+    # the digits allowed next, by what the score needs: the tenths digit's distribution (key
+    # None, right after the prompt) and the hundredths digit's after each tenths digit d1 (key d1)
+    next_of: dict[int | None, Sequence[int]] = {None: list(ALLOWED_DIGITS), **ALLOWED_DIGITS}
     known: list[dict[int | None, dict[int, float]]] = []
     asked: list[int] = []
     requests, allowed, slots = [], [], []
@@ -189,12 +187,10 @@ def expected_judgments(
             for key, top in zip([None, digit_of[out.token_ids[0]]], out.top_logprobs, strict=False):
                 if {digits[d][0] for d in next_of[key]} <= top.keys():
                     seen[key] = by_digit(top)
-        missing = [
-            (key, after, next_digits) for key, after, next_digits in wanted if key not in seen
-        ]
-        for key, after, next_digits in missing:
-            requests.append(prompt + after)
-            allowed.append([digits[d][0] for d in next_digits])
+        missing = [key for key in next_of if key not in seen]
+        for key in missing:
+            requests.append(prompt + ([] if key is None else digits[key]))
+            allowed.append([digits[d][0] for d in next_of[key]])
             slots.append((i, key))
         known.append(seen)
         asked.append(len(missing))

@@ -10,10 +10,9 @@ An MLflow server that becomes unreachable mid-run does not stop training: metric
 in order, and go out when it answers again (tried at most once a minute); so do the model
 versions of checkpoints taken meanwhile (at the next checkpoint, or at the run's end, as long as
 the checkpoint's export is still on disk); artifacts and tags of the outage are skipped with a
-warning. Every step's metrics are also in the run's DuckDB `steps`
-table, which stays the record if the process ends before MLflow is back. Errors that are not an
-outage (a bad key, a deleted run) still raise. Unreachable at start, it fails before any model
-loads, naming the URI.
+warning. Every step's metrics are also in the run's DuckDB `steps` table, which stays the record
+if the process ends before MLflow is back. Errors that are not an outage (a bad key, a deleted
+run) still raise. Unreachable at start, it fails before any model loads, naming the URI.
 """
 
 from __future__ import annotations
