@@ -45,6 +45,7 @@ from metis_core.batch import (
 )
 from metis_core.config import TrainerConfig
 from metis_core.ports import JudgmentBatch, RolloutBatch
+from metis_core.trainer.attention import register_trainer_attention
 from metis_core.trainer.deepspeed_settings import deepspeed_config
 from metis_core.trainer.distributed import (
     across_ranks,
@@ -104,20 +105,27 @@ class PolicyTrainer:
         self.model_dir = str(model_dir)
         self.max_response_tokens = max_response_tokens
         self.max_logprob_gap = cfg.logprob_gap_limit(engine_dtype)
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_dir, dtype=torch.float32, attn_implementation=register_trainer_attention()
+        )
         model.config.use_cache = False
         # Raises for a model whose logits are not its LM head's output up to a known post-processing.
         self.postprocess = logit_postprocess(model)
         self.reference = None
         if cfg.kl_coef > 0:
             self.reference = AutoModelForCausalLM.from_pretrained(
-                self.model_dir, dtype=torch.float32
+                self.model_dir,
+                dtype=torch.float32,
+                attn_implementation=register_trainer_attention(),
             ).eval()
             self.reference.requires_grad_(False)
         self.pad_id = model.config.pad_token_id or model.config.eos_token_id or 0
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self._constraints: Any = None
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: one kernel over all parameters (CPU and CUDA), not a dozen ops per parameter
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+        )
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, config=deepspeed_config(cfg)
         )

@@ -6,12 +6,13 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from metis_core.batch import pack_grouped, pack_sequences, prefix_groups
+from metis_core.trainer.attention import register_trainer_attention
 from metis_core.trainer.forward import full_logprobs, grouped_logprobs
 
 CPU = torch.device("cpu")
 
 
-def tiny_llama():
+def tiny_llama(attention: str = "sdpa"):
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=50,
@@ -21,6 +22,7 @@ def tiny_llama():
         num_attention_heads=4,
         num_key_value_heads=2,
     )
+    cfg._attn_implementation = attention
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -34,11 +36,12 @@ JUDGMENTS = (  # distinct prompts sharing a long common prefix
 )
 
 
+@pytest.mark.parametrize("attention", ["sdpa", register_trainer_attention()])
 @pytest.mark.parametrize(
     ("prompts", "responses"), [ROLLOUTS, JUDGMENTS], ids=["rollout-groups", "common-prefix"]
 )
-def test_grouped_forward_equals_plain_forward(prompts, responses):
-    model = tiny_llama()
+def test_grouped_forward_equals_plain_forward(prompts, responses, attention):
+    model = tiny_llama(attention)
     plain = full_logprobs(model, pack_sequences(prompts, responses, pad_id=0), CPU)
     grouped_batch = pack_grouped(prompts, responses, pad_id=0)
     grouped = grouped_logprobs(model, grouped_batch, CPU)

@@ -1,0 +1,101 @@
+"""The trainer's attention: plain matmul-softmax for short passes, torch's SDPA for long ones.
+
+The update runs many short attention passes: each group's prefix (a 40-token prompt), then the
+suffixes on top of the gathered prefix cache (a few tokens each, 64 rows). On the CPU, SDPA's
+flash kernel pays a fixed cost per call that dominates such small problems: its backward took
+3x the matmul-softmax's on 64 rows x 5 queries x 48 keys, and the whole update ran about 1 s
+(15%) longer with it (docs/BENCHMARKS.md, "The update on AMX"). On long rows the flash kernel
+wins (2.7x on 700 x 700) and never holds the scores, so it stays for them.
+
+`TRAINER_ATTENTION` is registered with transformers under that name: each layer's call picks the
+plain path when the scores it would hold (rows x heads x queries x keys) stay under
+`MATH_MAX_SCORES`, else SDPA. Both compute the same function (tests/unit/test_attention.py
+compares values and gradients); the mask comes from SDPA's mask builder (boolean, or None for a
+plain causal pass). Models whose attention takes more than scaled dot products and a boolean
+mask (soft-capping, sink logits, additive biases) always go to SDPA.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+TRAINER_ATTENTION = "metis_trainer"
+MATH_MAX_SCORES = 1 << 20
+"""Most scores (rows x heads x queries x keys) one layer computes on the plain path: 4 MiB of
+fp32 a layer, so at most about 0.2 GB held for the backward pass of a 30-layer model."""
+_SDPA_ONLY = ("softcap", "s_aux")  # extras the plain path does not compute
+
+
+def _allowed(
+    mask: torch.Tensor | None, queries: int, keys: int, causal: bool, device: torch.device
+) -> torch.Tensor:
+    """[.., queries, keys] bool: which keys each query sees (queries are the last `queries`
+    positions of the `keys`)."""
+    if mask is not None:
+        return mask
+    allowed = torch.ones(queries, keys, dtype=torch.bool, device=device)
+    if causal:
+        allowed = torch.tril(allowed, diagonal=keys - queries)
+    return allowed
+
+
+def math_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """softmax(q k^T * scaling, masked) v, softmax in float32; [N, H, Q, D] -> [N, Q, H, D]."""
+    groups = query.shape[1] // key.shape[1]  # grouped-query attention: each kv head serves `groups`
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)).float() * scale
+    causal = getattr(module, "is_causal", True)
+    allowed = _allowed(attention_mask, query.shape[2], key.shape[2], causal, scores.device)
+    # finfo.min, not -inf: a fully masked (padding) query gets a uniform row instead of NaN
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1).to(query.dtype)
+    weights = torch.nn.functional.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous()
+
+
+def trainer_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature: the plain path for short passes, else SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    rows, heads, queries, _ = query.shape
+    scores = rows * heads * queries * key.shape[2]
+    additive = attention_mask is not None and attention_mask.dtype != torch.bool  # biases: SDPA's
+    extras = any(kwargs.get(k) is not None for k in _SDPA_ONLY)
+    if queries == 1 or scores > MATH_MAX_SCORES or additive or extras:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    return math_attention(module, query, key, value, attention_mask, scaling, dropout), None
+
+
+def register_trainer_attention() -> str:
+    """Register the attention and its mask builder (SDPA's) with transformers; returns the name
+    to load a model with (`attn_implementation=`)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(TRAINER_ATTENTION, trainer_attention)
+    AttentionMaskInterface.register(TRAINER_ATTENTION, sdpa_mask)
+    return TRAINER_ATTENTION
