@@ -176,7 +176,14 @@ def grouped_logprobs(
         batch.suffix_mask.to(device),
         batch.loss_mask.to(device),
     )
-    prefix = decoder(input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True)
+    # One embedding lookup for every token of the micro-batch: its backward builds a dense
+    # vocab x hidden gradient, once here instead of once per pass.
+    embedded = decoder.get_input_embeddings()(
+        torch.cat([prefix_ids.flatten(), suffix_ids.flatten()])
+    )
+    prefix_embeds = embedded[: prefix_ids.numel()].view(*prefix_ids.shape, -1)
+    suffix_embeds = embedded[prefix_ids.numel() :].view(*suffix_ids.shape, -1)
+    prefix = decoder(inputs_embeds=prefix_embeds, attention_mask=prefix_mask, use_cache=True)
     last = prefix.last_hidden_state[
         torch.arange(prefix_ids.shape[0], device=device), prefix_len - 1
     ]
@@ -198,7 +205,7 @@ def grouped_logprobs(
                 s - 1, device=device
             ).unsqueeze(0)
             suffix = decoder(
-                input_ids=suffix_ids[rows, : s - 1],
+                inputs_embeds=suffix_embeds[rows, : s - 1],
                 attention_mask=attention_mask,
                 position_ids=positions,
                 past_key_values=cache,
