@@ -57,13 +57,16 @@ def main() -> None:
         name = str(dtype).removeprefix("torch.")
         flops = seconds = 0.0
         for label, (count, m, k, n) in shapes(args.tokens).items():
-            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            # laid out as nn.Linear holds them: weight [n, k]. (A [32, 49152] @ [49152, 576]
+            # product with the right operand a transposed view of [576, 49152], which no layer
+            # computes, dies with SIGFPE in torch 2.13's bf16 kernels on an AMX CPU.)
+            a, weight = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
             grad = torch.randn(m, n, dtype=dtype)
 
-            def fwd_bwd(a=a, b=b, grad=grad):
-                a @ b  # forward
-                grad @ b.T  # d input
-                a.T @ grad  # d weight
+            def fwd_bwd(a=a, weight=weight, grad=grad):
+                torch.nn.functional.linear(a, weight)  # forward: a @ weight.T
+                grad @ weight  # d input
+                grad.T @ a  # d weight
 
             s = best_seconds(fwd_bwd, args.repeat)
             f = 3 * 2 * m * k * n
