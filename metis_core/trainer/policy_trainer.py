@@ -58,7 +58,7 @@ from metis_core.trainer.forward import (
     logit_postprocess,
     prompt_features,
 )
-from metis_core.trainer.hardware import precision_advice
+from metis_core.trainer.hardware import precision_advice, precision_hint
 from metis_core.trainer.rollout_correction import correct_tokens, summarize_mismatch
 from metis_core.trainer.rounding import round_copies
 
@@ -133,6 +133,8 @@ class PolicyTrainer:
         self.autocast = cfg.precision == "autocast-bf16"
         if advice := precision_advice(cfg.precision, self.device):
             log.warning(advice)  # e.g. bf16 on an AVX2-only CPU: slower than fp32
+        if hint := precision_hint(cfg.precision, self.device):
+            log.info(hint)  # fp32 where bf16 matmuls are native
 
     # ---- forward passes -------------------------------------------------------------------------
     def _logprobs(
