@@ -66,6 +66,12 @@ def math_attention(
     return torch.matmul(weights, value).transpose(1, 2).contiguous()
 
 
+def plain_path_pays(rows: int, heads: int, queries: int, keys: int) -> bool:
+    """Whether a pass of this shape takes the plain path: more than one query (SDPA is faster
+    for one) and at most MATH_MAX_SCORES scores."""
+    return queries > 1 and rows * heads * queries * keys <= MATH_MAX_SCORES
+
+
 def trainer_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -79,11 +85,9 @@ def trainer_attention(
     """transformers' attention-function signature: the plain path for short passes, else SDPA."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    rows, heads, queries, _ = query.shape
-    scores = rows * heads * queries * key.shape[2]
     additive = attention_mask is not None and attention_mask.dtype != torch.bool  # biases: SDPA's
     extras = any(kwargs.get(k) is not None for k in _SDPA_ONLY)
-    if queries == 1 or scores > MATH_MAX_SCORES or additive or extras:
+    if additive or extras or not plain_path_pays(*query.shape[:3], key.shape[2]):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )

@@ -19,6 +19,18 @@ def test_roofline_runs():
     assert "bf16 / fp32 matmul rate" in done.stdout
 
 
+def test_attention_paths_runs():
+    done = subprocess.run(
+        [sys.executable, "bench/attention_paths.py", "--repeat", "1", "--shapes", "4x3x9", "2x1x5"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| 4 x")]
+    rows += [line.split("|") for line in done.stdout.splitlines() if line.startswith("| 2 x")]
+    assert [r[-2].strip() for r in rows] == ["plain", "SDPA"]  # one query: SDPA
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
+
+
 def test_history_scale_runs(tmp_path):
     done = subprocess.run(
         [sys.executable, "bench/history_scale.py", "--outcomes", "6400", "--judgments", "800",
