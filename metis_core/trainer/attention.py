@@ -1,11 +1,13 @@
-"""The trainer's attention: plain matmul-softmax for short passes, torch's SDPA for long ones.
+"""The trainer's attention: plain matmul-softmax for short passes on the CPU, torch's SDPA
+otherwise.
 
 The update runs many short attention passes: each group's prefix (a 40-token prompt), then the
 suffixes on top of the gathered prefix cache (a few tokens each, 64 rows). On the CPU, SDPA's
-flash kernel pays a fixed cost per call that dominates such small problems: its backward took
-3x the matmul-softmax's on 64 rows x 5 queries x 48 keys, and the whole update ran about 1 s
-(15%) longer with it (docs/BENCHMARKS.md, "The update on AMX"). On long rows the flash kernel
-wins (2.7x on 700 x 700) and never holds the scores, so it stays for them.
+flash kernel pays a fixed cost per call that dominates such small problems: forward and backward
+took 26 ms against the plain path's 7 ms on 64 rows x 5 queries x 48 keys (bf16, AMX), and the
+update used 1.2-1.6 s less CPU time a step with the plain path (docs/BENCHMARKS.md, "On AMX").
+On long rows the flash kernel wins (3x on 700 x 700) and never holds the scores, so it stays for
+them; so does every pass on a GPU, where nothing here was measured.
 
 `TRAINER_ATTENTION` is registered with transformers under that name: each layer's call picks the
 plain path when the scores it would hold (rows x heads x queries x keys) stay under
@@ -87,7 +89,8 @@ def trainer_attention(
 
     additive = attention_mask is not None and attention_mask.dtype != torch.bool  # biases: SDPA's
     extras = any(kwargs.get(k) is not None for k in _SDPA_ONLY)
-    if additive or extras or not plain_path_pays(*query.shape[:3], key.shape[2]):
+    on_cpu = query.device.type == "cpu"
+    if additive or extras or not on_cpu or not plain_path_pays(*query.shape[:3], key.shape[2]):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
