@@ -3,11 +3,11 @@ long passes, single queries and models with extras to SDPA."""
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from metis_core.trainer import attention
 from metis_core.trainer.attention import register_trainer_attention, trainer_attention
+from tests.unit.test_prefix_sharing import tiny_llama
 
 
 class Layer(torch.nn.Module):
@@ -91,19 +91,8 @@ def test_which_path_a_pass_takes(monkeypatch, queries, max_scores, extras, plain
 
 
 def test_a_model_loaded_with_it_gives_sdpas_logits():
-    cfg = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
-    torch.manual_seed(0)
-    reference = LlamaForCausalLM(cfg).eval()
-    cfg._attn_implementation = register_trainer_attention()
-    model = LlamaForCausalLM(cfg).eval()
-    model.load_state_dict(reference.state_dict())
+    reference = tiny_llama("sdpa")  # same seed, same weights
+    model = tiny_llama(register_trainer_attention())
     assert model.config._attn_implementation == attention.TRAINER_ATTENTION
     ids = torch.randint(1, 50, (3, 7))
     mask = torch.ones(3, 7, dtype=torch.long)
