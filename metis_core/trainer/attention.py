@@ -53,10 +53,10 @@ def math_attention(
     dropout: float = 0.0,
 ) -> torch.Tensor:
     """softmax(q k^T * scaling, masked) v, softmax in float32; [N, H, Q, D] -> [N, Q, H, D]."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
     groups = query.shape[1] // key.shape[1]  # grouped-query attention: each kv head serves `groups`
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     scores = torch.matmul(query, key.transpose(2, 3)).float() * scale
     causal = getattr(module, "is_causal", True)

@@ -105,8 +105,9 @@ class PolicyTrainer:
         self.model_dir = str(model_dir)
         self.max_response_tokens = max_response_tokens
         self.max_logprob_gap = cfg.logprob_gap_limit(engine_dtype)
+        attention = register_trainer_attention()
         model = AutoModelForCausalLM.from_pretrained(
-            self.model_dir, dtype=torch.float32, attn_implementation=register_trainer_attention()
+            self.model_dir, dtype=torch.float32, attn_implementation=attention
         )
         model.config.use_cache = False
         # Raises for a model whose logits are not its LM head's output up to a known post-processing.
@@ -114,9 +115,7 @@ class PolicyTrainer:
         self.reference = None
         if cfg.kl_coef > 0:
             self.reference = AutoModelForCausalLM.from_pretrained(
-                self.model_dir,
-                dtype=torch.float32,
-                attn_implementation=register_trainer_attention(),
+                self.model_dir, dtype=torch.float32, attn_implementation=attention
             ).eval()
             self.reference.requires_grad_(False)
         self.pad_id = model.config.pad_token_id or model.config.eos_token_id or 0

@@ -25,8 +25,8 @@ def test_attention_paths_runs():
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| 4 x")]
-    rows += [line.split("|") for line in done.stdout.splitlines() if line.startswith("| 2 x")]
+    lines = done.stdout.splitlines()
+    rows = [line.split("|") for line in lines if line.startswith(("| 4 x", "| 2 x"))]
     assert [r[-2].strip() for r in rows] == ["plain", "SDPA"]  # one query: SDPA
     assert all(float(r[3]) > 0 and float(r[4]) > 0 for r in rows)
 
