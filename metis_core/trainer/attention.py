@@ -5,7 +5,7 @@ The update runs many short attention passes: each group's prefix (a 40-token pro
 suffixes on top of the gathered prefix cache (a few tokens each, 64 rows). On the CPU, SDPA's
 flash kernel pays a fixed cost per call that dominates such small problems: forward and backward
 took 26 ms against the plain path's 7 ms on 64 rows x 5 queries x 48 keys (bf16, AMX), and the
-update used 1.2-1.6 s less CPU time a step with the plain path (docs/BENCHMARKS.md, "On AMX").
+update used 1.3-1.8 s less user CPU time a step with the plain path (docs/BENCHMARKS.md, "On AMX").
 On long rows the flash kernel wins (3x on 700 x 700) and never holds the scores, so it stays for
 them; so does every pass on a GPU, where nothing here was measured.
 
