@@ -224,3 +224,74 @@ def _check(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]])
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     if not prompts:
         raise ValueError("an empty batch")
+
+
+@dataclass
+class GroupSequences:
+    """A `GroupedBatch` as one sequence per group, for a single forward pass: the group's prefix,
+    then its rows' suffixes one after the other (each without its last token, which only is a
+    target). A 4D mask lets a suffix token see its prefix and the earlier tokens of its own row,
+    and nothing else; positions restart after the prefix for every row. Each prefix still runs
+    once, and the whole micro-batch is one pass instead of a prefix pass plus suffix passes.
+
+    Shapes: G groups, L the longest group's sequence, M trained tokens."""
+
+    input_ids: torch.Tensor
+    """[G, L] token ids, right-padded."""
+    position_ids: torch.Tensor
+    """[G, L] each token's position in its own row (prefix, then that row's suffix)."""
+    allowed: torch.Tensor
+    """[G, 1, L, L] bool: which keys each query sees."""
+    predictors: torch.Tensor
+    """[M] index into the flattened [G * L] positions of the hidden state that predicts each
+    trained token, in `loss_mask` order (row-major)."""
+    targets: torch.Tensor
+    """[M] the trained tokens, in the same order."""
+
+
+PREFIX, PADDING = -1, -2  # segment ids beside row numbers
+
+
+def group_sequences(batch: GroupedBatch, pad_id: int) -> GroupSequences:
+    """Lay `batch` out one sequence per group (see GroupSequences)."""
+    prefix_len = batch.prefix_len.tolist()
+    row_group = batch.row_group.tolist()
+    suffix_len = batch.suffix_mask.sum(dim=1).tolist()
+    ends = list(prefix_len)  # each group's sequence length so far
+    starts = []  # where each row's fed suffix tokens start in its group's sequence
+    for r, g in enumerate(row_group):
+        starts.append(ends[g])
+        ends[g] += max(int(suffix_len[r]) - 1, 0)
+    g_count, length = len(prefix_len), max(ends)
+    input_ids = torch.full((g_count, length), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((g_count, length), dtype=torch.long)
+    segment = torch.full((g_count, length), PADDING, dtype=torch.long)
+    for g, p in enumerate(prefix_len):
+        input_ids[g, :p] = batch.prefix_ids[g, :p]
+        position_ids[g, :p] = torch.arange(p)
+        segment[g, :p] = PREFIX
+    for r, g in enumerate(row_group):
+        fed = max(int(suffix_len[r]) - 1, 0)
+        span = slice(starts[r], starts[r] + fed)
+        input_ids[g, span] = batch.suffix_ids[r, :fed]
+        position_ids[g, span] = prefix_len[g] + torch.arange(fed)
+        segment[g, span] = r
+    query, key = segment.unsqueeze(2), segment.unsqueeze(1)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    # a key is seen if it comes earlier and is prefix or the query's own row (padding sees
+    # padding and the prefix: never NaN, never seen by a real token)
+    allowed = causal & ((key == PREFIX) | (key == query))
+    rows, cols = batch.loss_mask.bool().nonzero(as_tuple=True)
+    groups = batch.row_group[rows]
+    within = torch.where(
+        cols == 0,
+        batch.prefix_len[groups] - 1,
+        torch.tensor(starts, dtype=torch.long)[rows] + cols - 1,
+    )
+    return GroupSequences(
+        input_ids,
+        position_ids,
+        allowed.unsqueeze(1),
+        groups * length + within,
+        batch.suffix_ids[rows, cols],
+    )

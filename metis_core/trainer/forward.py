@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-from metis_core.batch import GroupedBatch, PackedBatch, length_buckets
+from metis_core.batch import GroupedBatch, PackedBatch, group_sequences, length_buckets
+from metis_core.trainer.attention import TRAINER_ATTENTION
 from metis_core.trainer.constraints import unpack_bitmask
 
 LogitPostprocess = Callable[[torch.Tensor], torch.Tensor]
@@ -224,6 +225,70 @@ def grouped_logprobs(
             top_p,
         )
     return out
+
+
+_BOOLEAN_MASK_ATTENTION = (TRAINER_ATTENTION, "sdpa")
+
+
+def full_attention_only(config: object) -> bool:
+    """Whether every attention layer of the model sees the whole sequence (no sliding window):
+    the condition for `sequence_logprobs`, whose one mask serves every layer."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types is not None:
+        return all(kind == "full_attention" for kind in layer_types)
+    return not getattr(text, "sliding_window", None) or not getattr(
+        text, "use_sliding_window", True
+    )
+
+
+def sequence_logprobs(
+    model: torch.nn.Module,
+    batch: GroupedBatch,
+    device: torch.device,
+    pad_id: int = 0,
+    postprocess: LogitPostprocess = _identity,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> torch.Tensor:
+    """[N, S] what `grouped_logprobs` returns, from one forward pass: each group's prefix and its
+    rows' suffixes as one sequence under a mask (metis_core.batch.GroupSequences).
+
+    One pass instead of a prefix pass and up to three suffix passes: each weight's matmuls run
+    once, on all of the micro-batch's tokens, with no cache to gather and no suffix padded to its
+    bucket's longest. Only for models whose layers all attend to the whole sequence
+    (`full_attention_only`): the mask is handed to every layer as is.
+    """
+    attention = getattr(model.config, "_attn_implementation", None)
+    if attention not in _BOOLEAN_MASK_ATTENTION:
+        raise ValueError(
+            f"sequence_logprobs needs an attention that takes a boolean 4D mask "
+            f"({', '.join(_BOOLEAN_MASK_ATTENTION)}), not {attention!r}: use grouped_logprobs"
+        )
+    packed = group_sequences(batch, pad_id)
+    hidden = (
+        model.get_decoder()(
+            input_ids=packed.input_ids.to(device),
+            attention_mask=packed.allowed.to(device),
+            position_ids=packed.position_ids.to(device),
+        )
+        .last_hidden_state.flatten(0, 1)
+        .index_select(0, packed.predictors.to(device))
+    )
+    trained = batch.loss_mask.bool()
+    bits = None if batch.token_bitmask is None else batch.token_bitmask[trained].unsqueeze(0)
+    picked = _picked_logprobs(
+        model.get_output_embeddings(),
+        hidden.unsqueeze(0),
+        packed.targets.unsqueeze(0).to(device),
+        torch.ones(1, hidden.shape[0], dtype=torch.bool, device=device),
+        postprocess,
+        temperature,
+        None if bits is None else bits.to(device),
+        top_p,
+    )
+    out = torch.zeros(trained.shape, dtype=picked.dtype, device=device)
+    return out.masked_scatter(trained.to(device), picked[0])
 
 
 def prompt_features(

@@ -53,10 +53,12 @@ from metis_core.trainer.distributed import (
     init_single_process_distributed,
 )
 from metis_core.trainer.forward import (
+    full_attention_only,
     full_logprobs,
     grouped_logprobs,
     logit_postprocess,
     prompt_features,
+    sequence_logprobs,
 )
 from metis_core.trainer.hardware import precision_advice, precision_hint
 from metis_core.trainer.rollout_correction import correct_tokens, summarize_mismatch
@@ -119,6 +121,8 @@ class PolicyTrainer:
             ).eval()
             self.reference.requires_grad_(False)
         self.pad_id = model.config.pad_token_id or model.config.eos_token_id or 0
+        # one forward pass per micro-batch under a mask where every layer can take that mask
+        self.one_pass = full_attention_only(model.config)
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self._constraints: Any = None
         # fused: one kernel over all parameters (CPU and CUDA), not a dozen ops per parameter
@@ -145,9 +149,14 @@ class PolicyTrainer:
     ) -> torch.Tensor:
         """[N, S] log-probs of the batch's trained tokens under the policy (or `model`), in the
         distribution they were sampled from: temperature, top-p, each row's decoding constraint."""
+        model = self.engine.module if model is None else model
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            if self.one_pass:
+                return sequence_logprobs(
+                    model, batch, self.device, self.pad_id, self.postprocess, temperature, top_p
+                )
             return grouped_logprobs(
-                self.engine.module if model is None else model,
+                model,
                 batch,
                 self.device,
                 postprocess=self.postprocess,

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from metis_core.batch import pack_grouped
-from metis_core.trainer.forward import UnsupportedLogits, grouped_logprobs, logit_postprocess
+from metis_core.trainer.forward import (
+    UnsupportedLogits,
+    full_attention_only,
+    grouped_logprobs,
+    logit_postprocess,
+    sequence_logprobs,
+)
 
 COMMON = dict(
     vocab_size=96,
@@ -48,21 +54,33 @@ def reference_logprobs(model, prompt, response, temperature):
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response).unsqueeze(-1))[:, 0]
 
 
-@pytest.mark.parametrize("kind", ["llama", "gemma2", "cohere", "granite"])
-def test_trained_logprobs_equal_the_models_own_logits(kind):
+@pytest.mark.parametrize(
+    ("kind", "logprobs"),
+    [(kind, grouped_logprobs) for kind in ("llama", "gemma2", "cohere", "granite")]
+    # Gemma 2's sliding-window layers take grouped_logprobs only (full_attention_only)
+    + [(kind, sequence_logprobs) for kind in ("llama", "cohere", "granite")],
+)
+def test_trained_logprobs_equal_the_models_own_logits(kind, logprobs):
     model = tiny(kind)
     prompt, responses = [5, 9, 17, 3], [[40, 41, 2], [7, 8]]
     batch = pack_grouped([prompt, prompt], responses, pad_id=0)
+    cpu = torch.device("cpu")
     with torch.no_grad():
-        ours = grouped_logprobs(
-            model, batch, torch.device("cpu"), postprocess=logit_postprocess(model), temperature=0.7
-        )
-        plain = grouped_logprobs(model, batch, torch.device("cpu"), temperature=0.7)
+        ours = logprobs(model, batch, cpu, postprocess=logit_postprocess(model), temperature=0.7)
+        plain = logprobs(model, batch, cpu, temperature=0.7)
     for row, response in enumerate(responses):
         expected = reference_logprobs(model, prompt, response, 0.7)
         assert torch.allclose(ours[row, : len(response)], expected, atol=1e-4)
         if kind != "llama":  # the transform matters: without it the values differ
             assert not torch.allclose(plain[row, : len(response)], expected, atol=1e-2)
+
+
+def test_only_gemma2_needs_the_grouped_forward():
+    assert [
+        kind
+        for kind in ("llama", "gemma2", "cohere", "granite")
+        if not full_attention_only(tiny(kind).config)
+    ] == ["gemma2"]
 
 
 def test_a_model_with_an_unknown_logit_transform_is_refused():

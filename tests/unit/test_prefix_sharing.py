@@ -1,13 +1,20 @@
-"""Running each shared prefix once and gathering its KV cache gives the same log-probs and
-gradients as a plain forward of every row."""
+"""Running each shared prefix once gives the same log-probs and gradients as a plain forward of
+every row, both ways the trainer does it: gathering the prefix's KV cache for suffix passes
+(grouped_logprobs), and one pass over each group's prefix and suffixes under a mask
+(sequence_logprobs)."""
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from metis_core.batch import pack_grouped, pack_sequences, prefix_groups
+from metis_core.batch import group_sequences, pack_grouped, pack_sequences, prefix_groups
 from metis_core.trainer.attention import register_trainer_attention
-from metis_core.trainer.forward import full_logprobs, grouped_logprobs
+from metis_core.trainer.forward import (
+    full_attention_only,
+    full_logprobs,
+    grouped_logprobs,
+    sequence_logprobs,
+)
 
 CPU = torch.device("cpu")
 
@@ -36,27 +43,91 @@ JUDGMENTS = (  # distinct prompts sharing a long common prefix
 )
 
 
+@pytest.mark.parametrize("logprobs", [grouped_logprobs, sequence_logprobs])
 @pytest.mark.parametrize("attention", ["sdpa", register_trainer_attention()])
 @pytest.mark.parametrize(
     ("prompts", "responses"), [ROLLOUTS, JUDGMENTS], ids=["rollout-groups", "common-prefix"]
 )
-def test_grouped_forward_equals_plain_forward(prompts, responses, attention):
+def test_shared_prefix_forward_equals_plain_forward(prompts, responses, attention, logprobs):
     model = tiny_llama(attention)
     plain = full_logprobs(model, pack_sequences(prompts, responses, pad_id=0), CPU)
     grouped_batch = pack_grouped(prompts, responses, pad_id=0)
-    grouped = grouped_logprobs(model, grouped_batch, CPU)
+    shared = logprobs(model, grouped_batch, CPU)
 
-    # same per-row sums of trained-token log-probs ...
-    assert torch.allclose(plain.sum(-1), grouped.sum(-1), atol=1e-5)
-    assert int(grouped_batch.loss_mask.sum()) == sum(len(r) for r in responses)
+    # the same log-prob at every trained token, nothing elsewhere ...
+    trained = grouped_batch.loss_mask.bool()
+    assert torch.allclose(plain[plain != 0], shared[trained], atol=1e-5)
+    assert not shared[~trained].any()
+    assert int(trained.sum()) == sum(len(r) for r in responses)
     # ... and the same gradients
     plain.sum().backward()
     plain_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
-    grouped_logprobs(model, grouped_batch, CPU).sum().backward()
+    logprobs(model, grouped_batch, CPU).sum().backward()
     for name, p in model.named_parameters():
         if name in plain_grads:
             assert torch.allclose(plain_grads[name], p.grad, atol=1e-5), name
+
+
+def test_constrained_tempered_nucleus_logprobs_agree_between_the_two_layouts():
+    """Temperature, top-p and per-row constraint bitmasks reach the same tokens in both."""
+    model = tiny_llama(register_trainer_attention())
+    prompts, responses = ROLLOUTS
+    generator = torch.Generator().manual_seed(1)
+    masks = [
+        None if i % 2 else torch.randint(-(2**31), 2**31 - 1, (len(r), 2), generator=generator)
+        for i, r in enumerate(responses)
+    ]
+    for mask, response in zip(masks, responses, strict=True):
+        if mask is not None:  # the sampled token stays allowed
+            for j, token in enumerate(response):
+                mask[j, token // 32] |= 1 << (token % 32)
+    batch = pack_grouped(prompts, responses, pad_id=0, response_bitmasks=masks)
+    with torch.no_grad():
+        grouped = grouped_logprobs(model, batch, CPU, temperature=0.7, top_p=0.9)
+        one_pass = sequence_logprobs(model, batch, CPU, temperature=0.7, top_p=0.9)
+        free = sequence_logprobs(model, pack_grouped(prompts, responses, pad_id=0), CPU)
+    assert torch.allclose(grouped, one_pass, atol=1e-5)
+    assert not torch.allclose(one_pass, free, atol=1e-3)  # the settings did change the values
+
+
+def test_group_sequences_layout():
+    # one group: prefix [1, 2], rows' suffixes [3, 7] and [4, 8, 9] (responses [7] and [8, 9])
+    batch = pack_grouped([[1, 2, 3], [1, 2, 4]], [[7], [8, 9]], pad_id=0)
+    seq = group_sequences(batch, pad_id=0)
+    assert seq.input_ids.tolist() == [[1, 2, 3, 4, 8]]  # each row's last token is never fed
+    assert seq.position_ids.tolist() == [[0, 1, 2, 2, 3]]
+    assert seq.allowed[0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],  # row 0 sees the prefix and itself
+        [1, 1, 0, 1, 0],  # row 1 does not see row 0
+        [1, 1, 0, 1, 1],
+    ]
+    # 7 is predicted by row 0's 3; 8 by row 1's 4, 9 by row 1's 8
+    assert seq.predictors.tolist() == [2, 3, 4] and seq.targets.tolist() == [7, 8, 9]
+
+
+def test_group_sequences_pads_short_groups_without_fully_masked_queries():
+    seq = group_sequences(pack_grouped(*ROLLOUTS, pad_id=0), pad_id=0)
+    assert seq.input_ids.shape[0] == 2
+    assert seq.allowed.any(dim=-1).all()  # every query, padding included, sees some key
+
+
+def test_one_pass_only_where_every_layer_attends_to_everything():
+    from transformers import Gemma2Config, MistralConfig, Qwen2Config
+
+    assert full_attention_only(tiny_llama().config)
+    assert full_attention_only(Qwen2Config())  # sliding window configured but not used
+    assert not full_attention_only(Qwen2Config(use_sliding_window=True, max_window_layers=0))
+    assert not full_attention_only(Gemma2Config())  # sliding and full layers alternate
+    assert not full_attention_only(MistralConfig(sliding_window=4096))
+    assert full_attention_only(MistralConfig(sliding_window=None))
+
+
+def test_one_pass_refuses_an_attention_that_adds_its_mask():
+    with pytest.raises(ValueError, match="boolean 4D mask"):
+        sequence_logprobs(tiny_llama("eager"), pack_grouped(*ROLLOUTS, pad_id=0), CPU)
 
 
 def test_prefix_groups():
