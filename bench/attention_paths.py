@@ -27,12 +27,12 @@ from metis_core.trainer import attention  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64
 SHAPES = {  # rows x queries x keys: what they are in an update of the CPU default
-    "64x5x48": "suffixes on a prompt's gathered cache",
-    "8x43x43": "prompt prefixes",
-    "8x7x297": "judgment suffixes",
-    "64x1x44": "one-token suffixes",
-    "8x290x290": "judgment prefixes",
-    "11x700x700": "function-calling rows",
+    "8x100x100": "rollout groups (prompt + 8 completions)",
+    "8x130x130": "rollout groups, longer completions",
+    "8x160x160": "rollout groups, long completions",
+    "1x620x620": "judgments (shared prefix + 8 candidates)",
+    "2x1000x1000": "function-calling groups",
+    "64x5x48": "suffixes on a gathered cache (sliding-window models)",
 }
 
 
@@ -83,7 +83,7 @@ def main() -> None:
             dtype,
             args.repeat,
         )
-        takes = "plain" if attention.plain_path_pays(rows, HEADS, queries, keys) else "SDPA"
+        takes = "plain" if attention.plain_path_pays(rows, HEADS, queries, keys, dtype) else "SDPA"
         what = SHAPES.get(shape, "")
         print(f"| {shape.replace('x', ' x ')} | {what} | {sdpa:.1f} | {plain:.1f} | {takes} |")
 

@@ -1,20 +1,22 @@
-"""The trainer's attention: plain matmul-softmax for short passes on the CPU, torch's SDPA
+"""The trainer's attention: plain matmul-softmax for short bf16 passes on the CPU, torch's SDPA
 otherwise.
 
-The update runs many short attention passes: each group's prefix (a 40-token prompt), then the
-suffixes on top of the gathered prefix cache (a few tokens each, 64 rows). On the CPU, SDPA's
-flash kernel pays a fixed cost per call that dominates such small problems: forward and backward
-took 26 ms against the plain path's 7 ms on 64 rows x 5 queries x 48 keys (bf16, AMX), and the
-update used 1.3-1.8 s less user CPU time a step with the plain path (docs/BENCHMARKS.md, "On AMX").
-On long rows the flash kernel wins (3x on 700 x 700) and never holds the scores, so it stays for
-them; so does every pass on a GPU, where nothing here was measured.
+An update's passes are short: one sequence per group holding its prefix and its rows' suffixes
+(metis_core/batch.GroupSequences), 8 x ~100-130 tokens for a micro-batch of the CPU default's
+rollouts and 1 x ~620 for its judgments. In bf16 on the CPU, SDPA's flash kernel pays a fixed cost
+per call that dominates such problems: forward and backward of 8 x 130 x 130 took 20.5 ms against
+the plain path's 10.5 ms, 8 x 160 x 160 20.9 against 16.1 (AMX, docs/BENCHMARKS.md). From about
+2M scores on the flash kernel wins (18.7 against 20.9 ms on 1 x 620 x 620, 4x on 2 x 1000 x 1000)
+and never holds the scores, so it stays for them. In fp32 SDPA won at every shape measured
+(7.4 against 20.1 ms on 8 x 100 x 100), and nothing was measured on a GPU: both keep SDPA.
 
 `TRAINER_ATTENTION` is registered with transformers under that name: each layer's call picks the
-plain path when the scores it would hold (rows x heads x queries x keys) stay under
-`MATH_MAX_SCORES`, else SDPA. Both compute the same function (tests/unit/test_attention.py
-compares values and gradients); the mask comes from SDPA's mask builder (boolean, or None for a
-plain causal pass). Models whose attention takes more than scaled dot products and a boolean
-mask (soft-capping, sink logits, additive biases) always go to SDPA.
+plain path when its tensors are bf16 on the CPU and the scores it would hold (rows x heads x
+queries x keys) stay under `MATH_MAX_SCORES`, else SDPA. Both compute the same function
+(tests/unit/test_attention.py compares values and gradients); the mask is boolean (SDPA's mask
+builder's, the update's own 4D mask, or None for a plain causal pass). Models whose attention
+takes more than scaled dot products and a boolean mask (soft-capping, sink logits, additive
+biases) always go to SDPA.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from typing import Any
 import torch
 
 TRAINER_ATTENTION = "metis_trainer"
-MATH_MAX_SCORES = 1 << 20
-"""Most scores (rows x heads x queries x keys) one layer computes on the plain path: 4 MiB of
-fp32 a layer, so at most about 0.2 GB held for the backward pass of a 30-layer model."""
+MATH_MAX_SCORES = 1 << 21
+"""Most scores (rows x heads x queries x keys) one layer computes on the plain path: 8 MiB of
+fp32 a layer, so at most about 0.4 GB held for the backward pass of a 30-layer model."""
 _SDPA_ONLY = ("softcap", "s_aux")  # extras the plain path does not compute
 
 
@@ -68,10 +70,12 @@ def math_attention(
     return torch.matmul(weights, value).transpose(1, 2).contiguous()
 
 
-def plain_path_pays(rows: int, heads: int, queries: int, keys: int) -> bool:
-    """Whether a pass of this shape takes the plain path: more than one query (SDPA is faster
-    for one) and at most MATH_MAX_SCORES scores."""
-    return queries > 1 and rows * heads * queries * keys <= MATH_MAX_SCORES
+def plain_path_pays(rows: int, heads: int, queries: int, keys: int, dtype: torch.dtype) -> bool:
+    """Whether a CPU pass of this shape takes the plain path: bf16 (in fp32 SDPA is faster), more
+    than one query (SDPA is faster for one) and at most MATH_MAX_SCORES scores."""
+    return (
+        dtype == torch.bfloat16 and queries > 1 and rows * heads * queries * keys <= MATH_MAX_SCORES
+    )
 
 
 def trainer_attention(
@@ -90,7 +94,12 @@ def trainer_attention(
     additive = attention_mask is not None and attention_mask.dtype != torch.bool  # biases: SDPA's
     extras = any(kwargs.get(k) is not None for k in _SDPA_ONLY)
     on_cpu = query.device.type == "cpu"
-    if additive or extras or not on_cpu or not plain_path_pays(*query.shape[:3], key.shape[2]):
+    if (
+        additive
+        or extras
+        or not on_cpu
+        or not plain_path_pays(*query.shape[:3], key.shape[2], query.dtype)
+    ):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )

@@ -70,22 +70,23 @@ def test_a_fully_masked_query_stays_finite():
 
 
 @pytest.mark.parametrize(
-    ("queries", "max_scores", "extras", "plain"),
+    ("queries", "max_scores", "extras", "dtype", "plain"),
     [
-        (4, 1 << 20, {}, True),
-        (1, 1 << 20, {}, False),  # one query (decoding-like): SDPA is faster there
-        (4, 10, {}, False),  # scores beyond the budget: SDPA never holds them
-        (4, 1 << 20, {"softcap": 30.0}, False),  # an extra the plain path does not compute
+        (4, 1 << 20, {}, torch.bfloat16, True),
+        (4, 1 << 20, {}, torch.float32, False),  # SDPA is faster in fp32
+        (1, 1 << 20, {}, torch.bfloat16, False),  # one query (decoding-like): SDPA is faster
+        (4, 10, {}, torch.bfloat16, False),  # scores beyond the budget: SDPA never holds them
+        (4, 1 << 20, {"softcap": 30.0}, torch.bfloat16, False),  # not computed by the plain path
     ],
 )
-def test_which_path_a_pass_takes(monkeypatch, queries, max_scores, extras, plain):
+def test_which_path_a_pass_takes(monkeypatch, queries, max_scores, extras, dtype, plain):
     taken = []
     monkeypatch.setattr(attention, "MATH_MAX_SCORES", max_scores)
     real = attention.math_attention
     monkeypatch.setattr(
         attention, "math_attention", lambda *a, **kw: taken.append(1) or real(*a, **kw)
     )
-    q, k, v = qkv(2, 2, 2, queries, 4)
+    q, k, v = qkv(2, 2, 2, queries, 4, dtype)
     trainer_attention(Layer(1), q, k, v, padded_mask(2, queries, 4, 1), scaling=0.25, **extras)
     assert bool(taken) == plain
 
