@@ -21,9 +21,13 @@ biases) always go to SDPA.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from metis_core.batch import AttentionBlocks
 
 TRAINER_ATTENTION = "metis_trainer"
 MATH_MAX_SCORES = 1 << 21
@@ -78,7 +82,7 @@ def plain_path_pays(rows: int, heads: int, queries: int, keys: int, dtype: torch
     )
 
 
-def trainer_attention(
+def dense_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -87,8 +91,8 @@ def trainer_attention(
     dropout: float = 0.0,
     scaling: float | None = None,
     **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """transformers' attention-function signature: the plain path for short passes, else SDPA."""
+) -> torch.Tensor:
+    """[N, Q, H, D]: the plain path for short bf16 passes on the CPU, else SDPA."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     additive = attention_mask is not None and attention_mask.dtype != torch.bool  # biases: SDPA's
@@ -102,8 +106,70 @@ def trainer_attention(
     ):
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )[0]
+    return math_attention(module, query, key, value, attention_mask, scaling, dropout)
+
+
+def block_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    blocks: AttentionBlocks,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
+    """[G, L, H, D]: attention over one sequence per group (metis_core.batch.GroupSequences)
+    computed block by block: the prefixes on themselves, then every row's tokens on their
+    group's prefix keys and their own. Equal to attention under the whole mask, without the
+    scores the mask throws away."""
+    groups, heads, length, dim = query.shape
+    p = blocks.prefix_allowed.shape[-1]
+
+    def tokens(x: torch.Tensor) -> torch.Tensor:  # [G, h, L, D] -> [G * L, h, D]
+        return x.transpose(1, 2).reshape(groups * length, x.shape[1], dim)
+
+    def rows(x: torch.Tensor) -> torch.Tensor:  # [G, h, L, D] -> [R, h, F, D]
+        return tokens(x)[blocks.row_positions].transpose(1, 2)
+
+    attend = functools.partial(dense_attention, module, dropout=dropout, scaling=scaling, **kwargs)
+    prefix = attend(query[:, :, :p], key[:, :, :p], value[:, :, :p], blocks.prefix_allowed)
+    own = attend(
+        rows(query),
+        torch.cat([key[blocks.row_groups, :, :p], rows(key)], dim=2),
+        torch.cat([value[blocks.row_groups, :, :p], rows(value)], dim=2),
+        blocks.row_allowed,
+    )
+    out = query.new_zeros(groups * length, heads, dim)  # padding positions: never read
+    out = out.index_put(
+        (blocks.prefix_positions,), prefix.reshape(groups * p, heads, dim)[blocks.prefix_slots]
+    )
+    out = out.index_put((blocks.row_positions[blocks.row_valid],), own[blocks.row_valid])
+    return out.view(groups, length, heads, dim)
+
+
+def trainer_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    attention_blocks: AttentionBlocks | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention-function signature. `attention_blocks` (passed through the
+    model's forward by metis_core/trainer/forward.py::sequence_logprobs) splits the pass into the
+    blocks its mask allows; each pass then takes the plain path if short, else SDPA."""
+    if attention_blocks is not None and attention_blocks.prefix_allowed.shape[0] == query.shape[0]:
+        out = block_attention(
+            module, query, key, value, attention_blocks, dropout, scaling, **kwargs
         )
-    return math_attention(module, query, key, value, attention_mask, scaling, dropout), None
+    else:
+        out = dense_attention(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    return out, None
 
 
 def register_trainer_attention() -> str:

@@ -266,11 +266,17 @@ def sequence_logprobs(
             f"({', '.join(_BOOLEAN_MASK_ATTENTION)}), not {attention!r}: use grouped_logprobs"
         )
     packed = group_sequences(batch, pad_id)
+    blocks = (
+        {}
+        if packed.blocks is None or attention != TRAINER_ATTENTION
+        else {"attention_blocks": packed.blocks.to(device)}
+    )
     hidden = (
         model.get_decoder()(
             input_ids=packed.input_ids.to(device),
             attention_mask=packed.allowed.to(device),
             position_ids=packed.position_ids.to(device),
+            **blocks,
         )
         .last_hidden_state.flatten(0, 1)
         .index_select(0, packed.predictors.to(device))

@@ -41,12 +41,18 @@ JUDGMENTS = (  # distinct prompts sharing a long common prefix
     [[1, 2, 3, 4, 5, 20], [1, 2, 3, 4, 5, 21, 22], [1, 2, 3, 4, 5, 23]],
     [[30, 31], [33], [34, 35, 36]],
 )
+LONG_ROWS = (  # short prefixes of different lengths, long rows: attention runs block by block
+    [[1, 5]] * 5 + [[2, 6, 7]] * 4,
+    [[10 + (3 * i + j) % 37 for j in range(6 + i % 3)] for i in range(9)],
+)
 
 
 @pytest.mark.parametrize("logprobs", [grouped_logprobs, sequence_logprobs])
 @pytest.mark.parametrize("attention", ["sdpa", register_trainer_attention()])
 @pytest.mark.parametrize(
-    ("prompts", "responses"), [ROLLOUTS, JUDGMENTS], ids=["rollout-groups", "common-prefix"]
+    ("prompts", "responses"),
+    [ROLLOUTS, JUDGMENTS, LONG_ROWS],
+    ids=["rollout-groups", "common-prefix", "long-rows"],
 )
 def test_shared_prefix_forward_equals_plain_forward(prompts, responses, attention, logprobs):
     model = tiny_llama(attention)
@@ -112,6 +118,32 @@ def test_group_sequences_pads_short_groups_without_fully_masked_queries():
     seq = group_sequences(pack_grouped(*ROLLOUTS, pad_id=0), pad_id=0)
     assert seq.input_ids.shape[0] == 2
     assert seq.allowed.any(dim=-1).all()  # every query, padding included, sees some key
+    assert seq.blocks is None  # short rows: the whole mask costs less than its blocks
+
+
+def test_attention_blocks_cover_exactly_what_the_mask_allows():
+    seq = group_sequences(pack_grouped(*LONG_ROWS, pad_id=0), pad_id=0)
+    blocks = seq.blocks
+    assert blocks is not None
+    groups, length = seq.input_ids.shape
+    p = blocks.prefix_allowed.shape[-1]
+    seen = torch.zeros(groups * length, groups * length, dtype=torch.bool)
+    for slot, position in zip(blocks.prefix_slots, blocks.prefix_positions, strict=True):
+        g, t = divmod(int(slot), p)
+        seen[position, g * length : g * length + p] = blocks.prefix_allowed[g, 0, t]
+    for r in range(blocks.row_groups.shape[0]):
+        g = int(blocks.row_groups[r])
+        for j in blocks.row_valid[r].nonzero().flatten().tolist():
+            query = blocks.row_positions[r, j]
+            seen[query, g * length : g * length + p] = blocks.row_allowed[r, 0, j, :p]
+            keys = blocks.row_positions[r][blocks.row_allowed[r, 0, j, p:]]
+            seen[query, keys] = True
+    dense = torch.block_diag(*seq.allowed[:, 0])
+    covered = torch.cat([blocks.prefix_positions, blocks.row_positions[blocks.row_valid]])
+    fed = sum(len(r) - 1 for r in LONG_ROWS[1])  # the rows' suffixes are their responses here
+    assert sorted(covered.tolist()) == sorted(set(covered.tolist())) and len(covered) == 5 + fed
+    assert torch.equal(seen[covered], dense[covered])  # every real token sees what the mask says
+    assert blocks.row_allowed.any(dim=-1).all()  # padding slots see a key too
 
 
 def test_one_pass_only_where_every_layer_attends_to_everything():
