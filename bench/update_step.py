@@ -1,8 +1,11 @@
 """Time one policy update (DeepSpeed, no vLLM) on a batch shaped like the CPU default's.
 
-B=8 prompts of 43 tokens with n=8 completions each (lengths drawn from 3-6 tokens with one in six
-at 24, as seen on the default pool), plus 8 judgments sharing a 240-token instruction+memory
-prefix with a 42-token candidate and a 7-token judgment. Prints the time of each step and of its
+B=8 prompts of 38-64 tokens with n=8 completions each (lengths drawn from 3-6 tokens with one in
+six at 24), plus 8 judgments sharing a 131-token instruction, each with 100-180 tokens of its own
+(calibration memory and candidate) and a 4-token judgment: the layout of the batches a default
+run (seed 0) handed its trainer on 2026-12-02. `--shape earlier`: the batch this benchmark used
+before that date (43-token prompts; judgments sharing a 240-token prefix with a 42-token
+candidate and a 7-token judgment), to compare with the numbers measured on it. Prints the time of each step and of its
 forward, backward and optimiser parts, the process's CPU time (user + system; on a shared machine
 it moves less than wall time), minor page faults and involuntary context switches, and the peak
 RSS at the end. `--shape bfcl`: rows like the mixed config's function-calling ones instead
@@ -39,7 +42,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--shape", choices=["default", "bfcl"], default="default")
+    parser.add_argument("--shape", choices=["default", "earlier", "bfcl"], default="default")
     parser.add_argument("--vary", action="store_true", help="a new batch every step")
     parser.add_argument(
         "--profile", type=int, default=0, metavar="ROWS",
@@ -67,9 +70,11 @@ def main() -> None:
         max_response_tokens=24,
     )
     rng = random.Random(0)
-    prompt_len, response_lens = (
-        (43, [3, 4, 4, 5, 6, 24]) if args.shape == "default" else (700, [60])
-    )
+    prompt_lens, response_lens = {
+        "default": ([38, 40, 43, 47, 49, 56, 62, 64], [3, 4, 4, 5, 6, 24]),
+        "earlier": ([43], [3, 4, 4, 5, 6, 24]),
+        "bfcl": ([700], [60]),
+    }[args.shape]
 
     def tokens(k: int) -> list[int]:
         return [rng.randrange(1000, 40000) for _ in range(k)]
@@ -80,18 +85,20 @@ def main() -> None:
 
         prompts, responses = [], []
         for _ in range(8):
-            prompt = tokens(length(prompt_len))
+            prompt = tokens(length(rng.choice(prompt_lens)))
             for _ in range(8):
                 prompts.append(prompt)
                 responses.append(tokens(length(rng.choice(response_lens))))
-        shared = tokens(length(240))
         rollouts = RolloutBatch(prompts, responses, [rng.uniform(-0.5, 0.5) for _ in prompts])
-        judgments = JudgmentBatch(
-            [shared + tokens(length(42)) for _ in range(8)],
-            [tokens(length(7)) for _ in range(8)],
-            [0.5] * 8,
-            0.4,
-        )
+        if args.shape == "default":
+            shared = tokens(length(131))
+            judgment_prompts = [shared + tokens(length(rng.randint(100, 180))) for _ in range(8)]
+            judgment_ids = [tokens(4) for _ in range(8)]
+        else:
+            shared = tokens(length(240))
+            judgment_prompts = [shared + tokens(length(42)) for _ in range(8)]
+            judgment_ids = [tokens(length(7)) for _ in range(8)]
+        judgments = JudgmentBatch(judgment_prompts, judgment_ids, [0.5] * 8, 0.4)
         return rollouts, judgments
 
     size = size_of(trainer.engine.module)
