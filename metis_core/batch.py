@@ -6,8 +6,9 @@ Pure torch: no model, no DeepSpeed. Three layouts:
   gradient checkpointing) needs.
 - `GroupedBatch`: rows that share a prompt prefix are grouped, so each prefix runs through the
   model once. A step's B*n rollouts are B groups of n rows sharing their whole prompt; a step's
-  judgments share instruction + calibration memory. Completions on the CPU default are ~4 tokens
-  after a ~43-token prompt, so this is most of the update's work saved.
+  judgments share their instruction (and, with `recent` memory, its examples). Completions on
+  the CPU default are ~4 tokens after a ~43-token prompt, so this is most of the update's work
+  saved.
 - `GroupSequences`: a `GroupedBatch` as one sequence per group (prefix, then its rows' suffixes)
   with a mask that keeps rows apart, so a micro-batch is one forward pass. Models with
   sliding-window layers run the `GroupedBatch` as a prefix pass whose KV cache is gathered for
