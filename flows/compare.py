@@ -30,7 +30,7 @@ from metis_core.comparison import (
 )
 from metis_core.config import RunConfig
 from metis_core.config_loading import load_config
-from metis_core.launch import is_finished, prepare_run_dir
+from metis_core.launch import close_finished_run, is_finished, prepare_run_dir
 from metis_core.run import read_json, write_json
 from metis_core.store.outcomes import OutcomeStore
 from metis_core.tracking.mlflow_tracker import Tracker, default_tracking_uri
@@ -166,6 +166,7 @@ def compare(
         for name, run_dir in comparison["children"].items():
             if is_finished(Path(run_dir)):
                 tqdm.write(f"metis-compare: {name} finished earlier; not rerun")
+                close_finished_run(Path(run_dir))
                 continue
             try:
                 train.with_options(flow_run_name=name)(resume=run_dir)

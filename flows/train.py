@@ -28,7 +28,13 @@ from tqdm.auto import tqdm
 from flows.iterations import as_iteration, close_orphaned_iterations
 from metis_core.checkpoints import tag_of
 from metis_core.config_loading import load_config
-from metis_core.launch import is_finished, mark_finished, named_run_dir, open_run
+from metis_core.launch import (
+    close_finished_run,
+    is_finished,
+    mark_finished,
+    named_run_dir,
+    open_run,
+)
 from metis_core.run import Run
 from metis_core.stages import policy, report
 from tasks import stages
@@ -219,6 +225,7 @@ def train(
     run_dir = Path(_prepare(config_file, list(overrides or []), resume, run_id, _flow_run_suffix()))
     if is_finished(run_dir):
         tqdm.write(f"metis: {run_dir.name} already finished all its steps; nothing to do")
+        close_finished_run(run_dir)
         return str(run_dir)
     close_orphaned_iterations()  # an earlier attempt's, killed with its process
     with _StopRequest().listening() as stop, _machine_slot():

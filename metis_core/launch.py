@@ -101,6 +101,25 @@ def is_finished(run_dir: Path) -> bool:
     return info.is_file() and bool(read_json(info).get("finished"))
 
 
+def close_finished_run(run_dir: Path) -> None:
+    """A finished run's MLflow run ends FINISHED: a kill after run.json said finished but before
+    the run's end reached MLflow left it RUNNING, and no later command would end it. Called
+    where a finished run is found and not rerun; a run MLflow has ended is left as it is."""
+    info = read_json(run_dir / "run.json")
+    if not info.get("mlflow_run_id"):
+        return
+    cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+    tracker = Tracker(
+        tracking_uri_for(cfg, info.get("tracking_uri")),
+        cfg.experiment,
+        Path(cfg.output_dir) / "mlartifacts",
+    )
+    if tracker.client.get_run(info["mlflow_run_id"]).info.status == "RUNNING":
+        log.warning("%s finished, but its MLflow run was left RUNNING; ending it", run_dir.name)
+        tracker.attach(info["mlflow_run_id"])
+        tracker.end("FINISHED")
+
+
 def check_sandbox(cfg: RunConfig) -> None:
     """Raise SandboxUnavailable (saying what to do) when the config grades model-written code
     and this machine has no namespace sandbox for it; before anything starts."""

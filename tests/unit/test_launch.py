@@ -1,11 +1,14 @@
-"""Opening a run: a start that fails leaves no MLflow run RUNNING."""
+"""Opening a run: a start that fails leaves no MLflow run RUNNING; nor does a kill between a run's
+last step and its end reaching MLflow."""
 
 import json
 
 import pytest
 
 from metis_core.config import RunConfig
-from metis_core.launch import open_run, prepare_run_dir
+from metis_core.launch import close_finished_run, mark_finished, open_run, prepare_run_dir
+from metis_core.run import write_json
+from metis_core.tracking.mlflow_tracker import Tracker, tracking_uri_for
 from tests.conftest import mlflow_run
 
 
@@ -21,4 +24,26 @@ def test_a_failed_start_marks_the_mlflow_run_failed(tiny_model, tmp_path, monkey
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         open_run(run_dir)
     client, run_id = mlflow_run(run_dir)
+    assert client.get_run(run_id).info.status == "FAILED"
+
+
+def test_a_finished_run_left_running_by_a_kill_is_ended(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = RunConfig.model_validate(
+        {"model": {"path": str(tiny_model)}, "output_dir": str(tmp_path)}
+    )
+    run_dir = prepare_run_dir(cfg, "killed-at-its-end")
+    uri = tracking_uri_for(cfg)
+    tracker = Tracker(uri, cfg.experiment, tmp_path / "mlartifacts")
+    started = tracker.start("killed-at-its-end")
+    write_json(run_dir / "run.json", {"mlflow_run_id": started, "tracking_uri": uri})
+    mark_finished(run_dir)  # ... and the process is killed before tracker.end
+    client, run_id = mlflow_run(run_dir)
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    close_finished_run(run_dir)
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+    client.set_terminated(run_id, "FAILED")  # an ended run keeps the status MLflow has
+    close_finished_run(run_dir)
     assert client.get_run(run_id).info.status == "FAILED"
