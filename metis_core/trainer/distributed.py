@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -17,19 +19,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_WORLD_OF_ONE = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+
+
+@contextmanager
+def single_process_environment() -> Iterator[None]:
+    """Inside: RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT (a free port) for a
+    world of one, each one a launcher did not set; torch.distributed and DeepSpeed read them while
+    they start. Removed on exit, so that a process this one starts later (a `metis` command run
+    from a notebook that trained) does not inherit a port this process still holds."""
+    added = {key: value for key, value in _WORLD_OF_ONE.items() if key not in os.environ}
+    if "MASTER_PORT" not in os.environ:
+        added["MASTER_PORT"] = str(_free_port())
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def init_single_process_distributed() -> None:
     """torch.distributed for the trainer (gloo on CPU, nccl on GPU): world size 1 on this
-    machine, unless a launcher set RANK, WORLD_SIZE and MASTER_ADDR/PORT."""
+    machine, unless a launcher set RANK, WORLD_SIZE and MASTER_ADDR/PORT. Call it inside
+    `single_process_environment`."""
     import deepspeed
 
-    for key, value in {
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-    }.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     _forget_destroyed_groups()

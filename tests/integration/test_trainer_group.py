@@ -69,11 +69,9 @@ def test_two_ranks_on_two_nodes_step_as_one_rank_on_the_whole_batch(
     below and in the training runs.)"""
     import torch
 
-    # the in-process trainer below sets these for its world of 1 (and keeps its port): restored
-    # after the test, so that later tests' subprocesses do not inherit them and take that port
+    # the in-process trainer below is a world of one: no launcher's settings in its way
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.setenv(key, "")  # recorded, so the teardown removes what the trainer sets
-        monkeypatch.delenv(key)
+        monkeypatch.delenv(key, raising=False)
 
     from metis_core.trainer.group import TrainerGroup, TrainerGroupDied
     from metis_core.trainer.policy_trainer import PolicyTrainer

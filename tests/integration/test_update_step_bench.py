@@ -1,7 +1,6 @@
 """bench/update_step.py runs: the embedded model under DeepSpeed, two updates on new batches
 (about a minute). How fast they are belongs in docs/BENCHMARKS.md."""
 
-import os
 import re
 import subprocess
 import sys
@@ -13,16 +12,12 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 
-DISTRIBUTED = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
 def test_update_step_runs():
-    # an in-process trainer of an earlier test may have left its world's settings (and its
-    # port, still held) in this process's environment: the benchmark picks its own
-    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED}
+    # (after the in-process trainers of earlier tests: they must leave no port of theirs in the
+    # environment this subprocess inherits, tests/integration/test_trainer_environment.py)
     done = subprocess.run(
         [sys.executable, "bench/update_step.py", "--steps", "2", "--vary", "--set", "precision=fp32"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     steps = re.findall(r"^step (\d): ([\d.]+) s .* ([\d.]+) TFLOP/s", done.stdout, re.MULTILINE)
