@@ -19,7 +19,7 @@ Shapes: N rows, G groups, P longest prefix, S longest suffix, H hidden size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -220,6 +220,35 @@ def micro_batches(lengths: Sequence[int], max_rows: int, max_tokens: int) -> lis
             start, longest = i, length
     if lengths:
         out.append(slice(start, len(lengths)))
+    return out
+
+
+def one_pass_tokens(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> int:
+    """Padded tokens of these rows laid out as `GroupSequences` (one sequence per shared-prefix
+    group, padded to the longest): groups x the longest group's prefix plus its rows' fed tokens.
+    Groups of unequal sizes can make this more than rows x the longest row."""
+    prefixes, row_group = prefix_groups(prompts)
+    ends = [len(prefix) for prefix in prefixes]
+    for prompt, response, g in zip(prompts, responses, row_group, strict=True):
+        ends[g] += max(len(prompt) - len(prefixes[g]) + len(response) - 1, 0)
+    return len(prefixes) * max(ends)
+
+
+def split_to_fit(
+    slices: Sequence[slice], tokens: Callable[[slice], int], max_tokens: int
+) -> list[slice]:
+    """Each slice of more than one row whose `tokens` exceed `max_tokens` cut in halves, and
+    those again, until every part fits or is one row; order kept."""
+    out: list[slice] = []
+    pending = list(reversed(slices))
+    while pending:
+        part = pending.pop()
+        rows = part.stop - part.start
+        if rows > 1 and tokens(part) > max_tokens:
+            middle = part.start + rows // 2
+            pending += [slice(middle, part.stop), slice(part.start, middle)]
+        else:
+            out.append(part)
     return out
 
 

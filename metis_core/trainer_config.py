@@ -49,7 +49,8 @@ class TrainerConfig(_Section):
     prompt run it once (metis_core/batch.py), so fewer, larger micro-batches are much faster;
     lower it only to save memory. Keep it a multiple of rollout.n so groups stay whole."""
     micro_batch_tokens: int = Field(8192, gt=0)
-    """At most this many padded tokens (rows x longest row) per forward/backward pass, whatever
+    """At most this many padded tokens per forward/backward pass (rows x the longest row; where
+    each shared-prefix group is one sequence, groups x the longest group's), whatever
     micro_batch_size says: memory follows tokens, not rows (the logits alone are tokens x 49152
     x 4 bytes for SmolLM2, 1.6 GB at 8192). Long-prompt domains (BFCL) get smaller batches."""
     ppo_epochs: int = Field(1, ge=1)

@@ -39,9 +39,11 @@ from metis_core.batch import (
     GroupedBatch,
     micro_batch_weight,
     micro_batches,
+    one_pass_tokens,
     pack_grouped,
     pack_sequences,
     response_values,
+    split_to_fit,
 )
 from metis_core.config import TrainerConfig
 from metis_core.ports import JudgmentBatch, RolloutBatch
@@ -51,6 +53,7 @@ from metis_core.trainer.distributed import (
     across_ranks,
     gathered,
     init_single_process_distributed,
+    single_process_environment,
 )
 from metis_core.trainer.forward import (
     full_attention_only,
@@ -102,7 +105,6 @@ class PolicyTrainer:
         import deepspeed
         from transformers import AutoModelForCausalLM
 
-        init_single_process_distributed()
         self.cfg = cfg
         self.model_dir = str(model_dir)
         self.max_response_tokens = max_response_tokens
@@ -129,9 +131,11 @@ class PolicyTrainer:
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
         )
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(cfg)
-        )
+        with single_process_environment():  # (DeepSpeed reads LOCAL_RANK as it initializes)
+            init_single_process_distributed()
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+                model=model, optimizer=optimizer, config=deepspeed_config(cfg)
+            )
         self.device = torch.device(self.engine.device)
         self.autocast = cfg.precision == "autocast-bf16"
         if advice := precision_advice(cfg.precision, self.device):
@@ -212,7 +216,14 @@ class PolicyTrainer:
         masks = self._bitmasks(responses, regexes)
         packs = []
         lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
-        for s in micro_batches(lengths, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens):
+        slices = micro_batches(lengths, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens)
+        if self.one_pass:  # groups of unequal sizes pad to more than rows x the longest row
+            slices = split_to_fit(
+                slices,
+                lambda s: one_pass_tokens(prompts[s], responses[s]),
+                self.cfg.micro_batch_tokens,
+            )
+        for s in slices:
             mb = pack_grouped(
                 prompts[s], responses[s], self.pad_id, None if masks is None else masks[s]
             )

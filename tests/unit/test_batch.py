@@ -1,7 +1,15 @@
 import torch
 
 from metis_core.algorithms import agg_loss
-from metis_core.batch import micro_batch_weight, micro_batches, pack_sequences
+from metis_core.batch import (
+    group_sequences,
+    micro_batch_weight,
+    micro_batches,
+    one_pass_tokens,
+    pack_grouped,
+    pack_sequences,
+    split_to_fit,
+)
 
 
 def test_pack_sequences_marks_response_labels():
@@ -48,6 +56,38 @@ def test_micro_batches_are_bounded_by_rows_and_by_padded_tokens():
         for s in cuts:
             rows = lengths[s]
             assert len(rows) <= 4 and (len(rows) == 1 or len(rows) * max(rows) <= 40)
+
+
+def test_one_pass_tokens_is_the_group_layouts_size():
+    # one prompt with 8 completions of 20 tokens, then 7 prompts with one each: the first group's
+    # sequence is 40 + 8 x 19 tokens and every group pads to it
+    prompts = [[1] * 40] * 8 + [[2 + i] * 40 for i in range(7)]
+    responses = [[9] * 20] * 15
+    layout = group_sequences(pack_grouped(prompts, responses, pad_id=0), pad_id=0)
+    assert one_pass_tokens(prompts, responses) == layout.input_ids.numel() == 8 * (40 + 8 * 19)
+    assert one_pass_tokens(prompts, responses) > 15 * 60  # more than rows x the longest row
+    # rows that share only part of their prompts (judgments) are one group
+    shared = [[5] * 30 + [i] * 10 for i in range(4)]
+    assert one_pass_tokens(shared, [[9] * 4] * 4) == 30 + 4 * (10 + 3)
+
+
+def test_split_to_fit_halves_until_every_part_fits_or_is_one_row():
+    spans = lambda cuts: [(s.start, s.stop) for s in cuts]  # noqa: E731
+    cost = [10, 10, 10, 10, 300, 10, 10, 10]
+    tokens = lambda s: len(cost[s]) * max(cost[s])  # noqa: E731
+    cuts = split_to_fit([slice(0, 4), slice(4, 8)], tokens, 100)
+    assert spans(cuts) == [(0, 4), (4, 5), (5, 6), (6, 8)]
+    assert all(s.stop - s.start == 1 or tokens(s) <= 100 for s in cuts)
+    assert split_to_fit([], tokens, 100) == []
+    prompts = [[1] * 40] * 8 + [[2 + i] * 40 for i in range(7)]
+    responses = [[9] * 20] * 15
+    fitted = split_to_fit(
+        micro_batches([60] * 15, 64, 1000),
+        lambda s: one_pass_tokens(prompts[s], responses[s]),
+        1000,
+    )
+    assert [i for s in fitted for i in range(s.start, s.stop)] == list(range(15))
+    assert all(one_pass_tokens(prompts[s], responses[s]) <= 1000 for s in fitted)
 
 
 def test_length_buckets_minimise_padding():
