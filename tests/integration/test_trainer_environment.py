@@ -5,7 +5,11 @@ are the launcher's: kept."""
 
 import os
 
+import pytest
+
 from tests.conftest import free_port
+
+pytestmark = pytest.mark.integration
 
 DISTRIBUTED = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
