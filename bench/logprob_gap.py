@@ -5,8 +5,9 @@
 16 training prompts of the default pool, 8 rollouts each at temperatures 0.7 and 1.0, scored by
 the trainer at the sampling temperature and at 1.0; 16 constrained judgments scored under the
 constraint's mask and without it; then one update (lr 1e-5, random advantages) and a sync, and
-the rollouts again. Prints metis_core.algorithms.logprob_mismatch for each.
-Numbers in docs/metis.md ("What the update trains on").
+the rollouts again (a bf16 engine is sent the weights rounded as `--engine-rounding` says).
+Prints metis_core.algorithms.logprob_mismatch for each. Numbers in docs/metis.md ("What the
+update trains on", "Engine/trainer precision").
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument(
+        "--engine-rounding",
+        choices=["stochastic", "nearest"],
+        default="stochastic",
+        help="how a bf16 engine gets the fp32 weights at the sync: rounded stochastically, as a "
+        "run sends them (metis_core.rounding.engine_weights), or to nearest by the engine itself",
+    )
     args = parser.parse_args()
 
     import torch
@@ -33,6 +41,7 @@ def main() -> None:
     from metis_core.launch import build_run_pool, configure_runtime_environment
     from metis_core.model.weights import resolve_model
     from metis_core.ports import RolloutBatch
+    from metis_core.rounding import engine_weights
     from metis_core.run import task_prompt_ids
     from metis_core.trainer.policy_trainer import PolicyTrainer
 
@@ -109,8 +118,11 @@ def main() -> None:
     advantages = (0.3 * torch.randn(len(ps), generator=gen)).tolist()
     trainer.train_step(RolloutBatch(ps, rs, advantages, ls, temperature=t), None, lam=0.0)
     report(f"after one update, before the sync (T={t})", *rollouts(t), t)
-    engine.load_weights(trainer.named_weights())
-    report(f"after one update and the sync (T={t})", *rollouts(t), t)
+    weights = trainer.named_weights()
+    if args.engine_rounding == "stochastic":
+        weights = engine_weights(weights, args.engine_dtype, step=0)
+    engine.load_weights(weights)
+    report(f"after one update and the sync (T={t}, {args.engine_rounding})", *rollouts(t), t)
 
 
 if __name__ == "__main__":

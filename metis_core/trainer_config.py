@@ -42,7 +42,7 @@ class TrainerConfig(_Section):
     """How precision=bf16 makes its bf16 weights from the fp32 masters after each step. At lr
     1e-5 most updates are below bf16's resolution: rounded to nearest, the bf16 weights lag the
     masters in the direction of the updates, and the trainer/engine gap grew to 0.3 nats/token
-    within 4 steps; rounded stochastically (metis_core/trainer/rounding.py), the copies equal the
+    within 4 steps; rounded stochastically (metis_core/rounding.py), the copies equal the
     masters in expectation. Stochastic needs zero_stage 0-2 (ZeRO-3 shards the copies)."""
     micro_batch_size: int = Field(64, gt=0)
     """Rows per forward/backward pass; gradients accumulate to one optimiser step. Rows sharing a

@@ -47,6 +47,7 @@ from metis_core.batch import (
 )
 from metis_core.config import TrainerConfig
 from metis_core.ports import JudgmentBatch, RolloutBatch
+from metis_core.rounding import round_copies
 from metis_core.trainer.attention import register_trainer_attention
 from metis_core.trainer.deepspeed_settings import deepspeed_config
 from metis_core.trainer.distributed import (
@@ -65,7 +66,6 @@ from metis_core.trainer.forward import (
 )
 from metis_core.trainer.hardware import precision_advice, precision_hint
 from metis_core.trainer.rollout_correction import correct_tokens, summarize_mismatch
-from metis_core.trainer.rounding import round_copies
 
 log = logging.getLogger(__name__)
 

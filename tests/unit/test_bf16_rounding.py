@@ -1,11 +1,11 @@
-"""Stochastic rounding to bfloat16 (metis_core/trainer/rounding.py): each result is one of the
+"""Stochastic rounding to bfloat16 (metis_core/rounding.py): each result is one of the
 value's two bf16 neighbours, the expected result is the value itself, and the draws are a
 function of (seed, step) alone."""
 
 import pytest
 import torch
 
-from metis_core.trainer.rounding import round_copies, stochastic_bf16
+from metis_core.rounding import engine_weights, round_copies, stochastic_bf16
 
 
 def neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,3 +51,23 @@ def test_the_copies_depend_on_seed_and_step_only():
     first, again, later = copies(3), copies(3), copies(4)
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # every rank alike
     assert not all(torch.equal(a, b) for a, b in zip(first, later, strict=True))
+
+
+def test_a_bf16_engine_is_sent_weights_that_equal_the_masters_in_expectation():
+    masters = [("a", torch.full((50_000,), 0.05 + 2.4e-5)), ("b", torch.full((3, 7), -0.7))]
+    # float32 engines get the masters themselves
+    assert all(
+        sent is w
+        for (_, sent), (_, w) in zip(engine_weights(masters, "float32", 3), masters, strict=True)
+    )
+    sent = dict(engine_weights(masters, "bfloat16", 3))
+    assert list(sent) == ["a", "b"] and all(t.dtype == torch.bfloat16 for t in sent.values())
+    low, high = neighbours(masters[0][1])
+    a = sent["a"].float()
+    assert bool(((a == low) | (a == high)).all())
+    # an lr-sized update an eighth of a bf16 step: rounded to nearest it would vanish
+    assert float(a.mean()) == pytest.approx(0.05 + 2.4e-5, abs=float(high[0] - low[0]) * 0.01)
+    again = dict(engine_weights(masters, "bfloat16", 3))
+    assert all(torch.equal(again[k], sent[k]) for k in sent)  # a resumed run sends the same
+    other = dict(engine_weights(masters, "bfloat16", 4))
+    assert not torch.equal(other["a"], sent["a"])  # new noise every step

@@ -395,3 +395,30 @@ def test_a_resumed_run_registers_the_checkpoint_it_restarts_from(tmp_path):
     off = make_run(tmp_path / "off", extra=["register_checkpoints=false"])
     policy.register_restored(off, 3, folder)
     assert accuracies == [(3, 0.25)]
+
+
+@pytest.mark.parametrize("engine_dtype", ["float32", "bfloat16"])
+def test_the_sync_sends_a_bf16_engine_weights_rounded_stochastically(tmp_path, engine_dtype):
+    """An lr-sized update is a tenth of bf16's spacing: rounded to nearest (by the engine) it
+    vanishes; sent rounded stochastically, the engine's weights equal the masters in expectation."""
+    import torch
+
+    received: list[tuple[str, Any]] = []
+
+    class Recording(FakeEngine):
+        def load_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+            received.extend(named_tensors)
+
+    master = torch.full((20_000,), 0.05 + 2.4e-5)  # a weight and an eighth of a bf16 step
+    run = make_run(tmp_path, extra=[f"model.dtype={engine_dtype}"], engine=Recording())
+    run.trainer.named_weights = lambda: iter([("w", master)])  # type: ignore[method-assign]
+    policy.sync(run, step=2)
+    ((name, sent),) = received
+    assert name == "w"
+    if engine_dtype == "float32":
+        assert sent is master
+        return
+    assert sent.dtype == torch.bfloat16
+    nearest = master.bfloat16()
+    assert float(sent.float().mean()) == pytest.approx(0.05 + 2.4e-5, abs=2e-6)
+    assert float(nearest.float().mean()) != pytest.approx(0.05 + 2.4e-5, abs=2e-6)
