@@ -39,6 +39,7 @@ def precision_hint(precision: str, device: torch.device) -> str | None:
     where = "GPU" if device.type == "cuda" else "CPU (AVX512-BF16 or AMX)"
     return (
         f"this {where} multiplies bf16 natively: trainer.precision=bf16 (fp32 master weights, "
-        "stochastic rounding) runs the update faster than fp32 and learned as well in the "
-        "benchmarks (docs/BENCHMARKS.md); fp32 stays the default"
+        "stochastic rounding) with model.dtype=bfloat16 (configs/bf16.yaml) runs iterations "
+        "faster than fp32 and learned as well in the benchmarks (docs/BENCHMARKS.md); fp32 "
+        "stays the default"
     )
