@@ -22,12 +22,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine-dtype", choices=["bfloat16", "float32"], default="bfloat16")
     parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--trainer-precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument(
         "--engine-rounding",
         choices=["stochastic", "nearest"],
         default="stochastic",
-        help="how a bf16 engine gets the fp32 weights at the sync: rounded stochastically, as a "
-        "run sends them (metis_core.rounding.engine_weights), or to nearest by the engine itself",
+        help="how a bf16 engine gets the weights at the sync: rounded stochastically, as a run "
+        "sends them (PolicyTrainer.engine_weights), or the fp32 masters, rounded to nearest by "
+        "the engine itself",
     )
     args = parser.parse_args()
 
@@ -41,7 +43,6 @@ def main() -> None:
     from metis_core.launch import build_run_pool, configure_runtime_environment
     from metis_core.model.weights import resolve_model
     from metis_core.ports import RolloutBatch
-    from metis_core.rounding import engine_weights
     from metis_core.run import task_prompt_ids
     from metis_core.trainer.policy_trainer import PolicyTrainer
 
@@ -50,7 +51,11 @@ def main() -> None:
     model_dir = resolve_model(cfg.model.path)
     engine = PolicyEngine(model_dir, args.engine_dtype, cfg.model.max_model_len, seed=0)
     # no limit on the gap here: this measures it
-    trainer = PolicyTrainer(model_dir, TrainerConfig(max_logprob_gap=100.0), max_response_tokens=24)
+    trainer = PolicyTrainer(
+        model_dir,
+        TrainerConfig(max_logprob_gap=100.0, precision=args.trainer_precision),
+        max_response_tokens=24,
+    )
     tok = engine.tokenizer
     rows = [r for r in build_run_pool(cfg) if r["split"] == "train"][: args.prompts]
 
@@ -118,10 +123,10 @@ def main() -> None:
     advantages = (0.3 * torch.randn(len(ps), generator=gen)).tolist()
     trainer.train_step(RolloutBatch(ps, rs, advantages, ls, temperature=t), None, lam=0.0)
     report(f"after one update, before the sync (T={t})", *rollouts(t), t)
-    weights = trainer.named_weights()
-    if args.engine_rounding == "stochastic":
-        weights = engine_weights(weights, args.engine_dtype, step=0)
-    engine.load_weights(weights)
+    if args.engine_rounding == "stochastic":  # as a run's sync sends them
+        engine.load_weights(trainer.engine_weights(args.engine_dtype, step=0))
+    else:
+        engine.load_weights(trainer.named_weights())
     report(f"after one update and the sync (T={t}, {args.engine_rounding})", *rollouts(t), t)
 
 

@@ -16,7 +16,6 @@ from metis_core.config import RunConfig
 from metis_core.config_loading import ConfigError, flat_params
 from metis_core.data.pool import DatasetError, build_pool
 from metis_core.model.weights import cache_dir, resolve_model
-from metis_core.rounding import engine_weights
 from metis_core.run import Run, new_sampler, read_json, task_prompt_ids, write_json
 from metis_core.store.outcomes import OutcomeStore
 from metis_core.tracking.mlflow_tracker import Tracker, tracking_uri_for
@@ -206,10 +205,8 @@ def _start_parts(
 
     restored = checkpoints.restore(run.checkpoint_dir, load)
     if restored is not None:
-        # what the sync after the restored step sent (rounding.engine_weights)
-        engine.load_weights(
-            engine_weights(trainer.named_weights(), cfg.model.dtype, run.start_step - 1)
-        )
+        # what the sync after the restored step sent
+        engine.load_weights(trainer.engine_weights(cfg.model.dtype, run.start_step - 1))
         log.info(
             "resumed %s from checkpoint %s: continuing at step %d",
             run_id,

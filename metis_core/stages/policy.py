@@ -10,7 +10,6 @@ from metis_core.domains import decoding_regex
 from metis_core.failpoints import failpoint
 from metis_core.metrics import accuracy_metrics, spread_over_domains
 from metis_core.ports import JudgmentBatch, RolloutBatch
-from metis_core.rounding import engine_weights
 from metis_core.run import Run, read_json, trains_judge, write_json
 from metis_core.stages.curriculum import judgment_regex
 from metis_core.stages.generation import sample_and_score
@@ -81,7 +80,7 @@ def sync(run: Run, step: int) -> dict[str, float]:
     engine's log-probs must now match the trainer's (gap) and differ from its own before (change)."""
     probe = run.engine.tokenizer.encode(SYNC_PROBE, add_special_tokens=False)
     before = run.engine.sequence_logprobs(probe)
-    run.engine.load_weights(engine_weights(run.trainer.named_weights(), run.cfg.model.dtype, step))
+    run.engine.load_weights(run.trainer.engine_weights(run.cfg.model.dtype, step))
     after = run.engine.sequence_logprobs(probe)
     trainer_lp = run.trainer.sequence_logprobs(probe)
     return {

@@ -37,6 +37,7 @@ import torch
 
 from metis_core.config import TrainerConfig
 from metis_core.ports import JudgmentBatch, RolloutBatch
+from metis_core.rounding import engine_weights
 from metis_core.trainer.nodes import torchrun_command
 from metis_core.trainer.rank_worker import EVERY_RANK, map_buffer, receive, send
 from metis_core.weight_buffer import views
@@ -217,6 +218,10 @@ class TrainerGroup:
         """Rank 0's weights, copied into the shared buffer: views valid until the next call."""
         layout = self._call("named_weights")
         yield from views(self._buffer, layout)
+
+    def engine_weights(self, engine_dtype: str, step: int) -> Iterator[tuple[str, torch.Tensor]]:
+        """Rank 0's fp32 weights, rounded stochastically for a bf16 engine (rounding.py)."""
+        yield from engine_weights(self.named_weights(), engine_dtype, step)
 
     def save_checkpoint(self, directory: Path, tag: str, client_state: dict[str, Any]) -> None:
         """A DeepSpeed checkpoint, every rank taking part."""

@@ -47,7 +47,7 @@ from metis_core.batch import (
 )
 from metis_core.config import TrainerConfig
 from metis_core.ports import JudgmentBatch, RolloutBatch
-from metis_core.rounding import round_copies
+from metis_core.rounding import engine_weights, round_copies
 from metis_core.trainer.attention import register_trainer_attention
 from metis_core.trainer.deepspeed_settings import deepspeed_config
 from metis_core.trainer.distributed import (
@@ -390,6 +390,22 @@ class PolicyTrainer:
                 yield from ((n, self._master(p).clone()) for n, p in module.named_parameters())
         else:
             yield from ((n, self._master(p)) for n, p in module.named_parameters())
+
+    def engine_weights(self, engine_dtype: str, step: int) -> Iterator[tuple[str, torch.Tensor]]:
+        """What an engine of `engine_dtype` is sent after step `step`'s update. A bf16 engine
+        beside a bf16 trainer whose copies are rounded stochastically gets those copies: they
+        already equal the masters in expectation, the engine then samples the very policy the
+        trainer's forward computes, and no second rounding is paid. Otherwise
+        `rounding.engine_weights` of the masters."""
+        own_copies = (
+            engine_dtype == "bfloat16"
+            and self.cfg.precision == "bf16"
+            and self.cfg.bf16_rounding == "stochastic"
+        )  # (stochastic rounding needs zero_stage 0-2: the copies are whole)
+        if own_copies:
+            yield from ((n, p.detach()) for n, p in self.engine.module.named_parameters())
+        else:
+            yield from engine_weights(self.named_weights(), engine_dtype, step)
 
     def save_checkpoint(self, directory: Path, tag: str, client_state: dict[str, Any]) -> None:
         self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)

@@ -151,3 +151,32 @@ def test_a_bf16_trainer_resumed_from_its_checkpoint_takes_the_same_next_step(tin
     assert not all(torch.equal(expected[k], v) for k, v in saved.items())
     for key, value in expected.items():
         assert torch.equal(got[key], value), key
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_what_each_engine_dtype_is_sent(tiny_model, precision):
+    """A float32 engine gets the fp32 masters. A bf16 engine gets, from a bf16 trainer with
+    stochastic copies, those very copies (it then samples the policy the trainer computes), and
+    from an fp32 trainer a stochastic rounding of the weights: each one of its two bf16
+    neighbours."""
+    from metis_core.config import TrainerConfig
+    from metis_core.ports import RolloutBatch
+    from metis_core.trainer.policy_trainer import PolicyTrainer
+
+    cfg = TrainerConfig(lr=1e-3, micro_batch_size=4, precision=precision)
+    trainer = PolicyTrainer(tiny_model, cfg, max_response_tokens=8)
+    trainer.train_step(RolloutBatch([PROMPT] * 4, RESPONSES, ADVANTAGES), None, lam=0.0)
+    masters = {n: w.clone() for n, w in trainer.named_weights()}
+    fp32 = dict(trainer.engine_weights("float32", step=0))
+    assert fp32.keys() == masters.keys()
+    assert all(torch.equal(fp32[n], w) for n, w in masters.items())
+    bf16 = dict(trainer.engine_weights("bfloat16", step=0))
+    assert bf16.keys() == masters.keys() and {w.dtype for w in bf16.values()} == {torch.bfloat16}
+    if precision == "bf16":
+        copies = dict(trainer.engine.module.named_parameters())
+        assert all(torch.equal(bf16[n], copies[n]) for n in bf16)
+    for n, w in masters.items():
+        low = (w.view(torch.int32) & ~0xFFFF).view(torch.float32)
+        high = ((w.view(torch.int32) & ~0xFFFF) + 0x10000).view(torch.float32)
+        sent = bf16[n].float()
+        assert bool(((sent == low) | (sent == high)).all()), n
