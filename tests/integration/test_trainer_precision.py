@@ -1,7 +1,7 @@
 """trainer.precision=bf16 (DeepSpeed bf16 weights, fp32 master weights and optimiser) takes the
 step fp32 takes: same loss, gradients pointing the same way, the same update to the master
-weights up to bf16 rounding; the engine is sent the fp32 masters, and the sync-check log-probs
-are float32 arithmetic on them."""
+weights up to bf16 rounding; a float32 engine is sent the fp32 masters (the sync-check log-probs
+are float32 arithmetic on them), a bf16 engine the trainer's stochastically rounded copies."""
 
 import pytest
 import torch
