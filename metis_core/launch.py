@@ -109,12 +109,17 @@ def close_finished_run(run_dir: Path) -> None:
     if not info.get("mlflow_run_id"):
         return
     cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
-    tracker = Tracker(
-        tracking_uri_for(cfg, info.get("tracking_uri")),
-        cfg.experiment,
-        Path(cfg.output_dir) / "mlartifacts",
-    )
-    if tracker.client.get_run(info["mlflow_run_id"]).info.status == "RUNNING":
+    try:
+        tracker = Tracker(
+            tracking_uri_for(cfg, info.get("tracking_uri")),
+            cfg.experiment,
+            Path(cfg.output_dir) / "mlartifacts",
+        )
+        running = tracker.client.get_run(info["mlflow_run_id"]).info.status == "RUNNING"
+    except Exception as err:  # an MLflow server that is down must not fail a finished run
+        log.warning("could not check %s's MLflow run: %s", run_dir.name, err)
+        return
+    if running:
         log.warning("%s finished, but its MLflow run was left RUNNING; ending it", run_dir.name)
         tracker.attach(info["mlflow_run_id"])
         tracker.end("FINISHED")

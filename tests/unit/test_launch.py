@@ -47,3 +47,20 @@ def test_a_finished_run_left_running_by_a_kill_is_ended(tiny_model, tmp_path, mo
     client.set_terminated(run_id, "FAILED")  # an ended run keeps the status MLflow has
     close_finished_run(run_dir)
     assert client.get_run(run_id).info.status == "FAILED"
+
+
+def test_a_finished_run_whose_mlflow_server_is_down_is_left_as_it_is(
+    tiny_model, tmp_path, caplog, monkeypatch
+):
+    from tests.conftest import free_port
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = RunConfig.model_validate(
+        {"model": {"path": str(tiny_model)}, "output_dir": str(tmp_path)}
+    )
+    run_dir = prepare_run_dir(cfg, "finished-elsewhere")
+    down = f"http://127.0.0.1:{free_port()}"
+    write_json(run_dir / "run.json", {"mlflow_run_id": "abc", "tracking_uri": down})
+    mark_finished(run_dir)
+    close_finished_run(run_dir)  # says so, does not raise
+    assert "could not check finished-elsewhere's MLflow run" in caplog.text
