@@ -228,10 +228,25 @@ def one_pass_tokens(prompts: Sequence[Sequence[int]], responses: Sequence[Sequen
     group, padded to the longest): groups x the longest group's prefix plus its rows' fed tokens.
     Groups of unequal sizes can make this more than rows x the longest row."""
     prefixes, row_group = prefix_groups(prompts)
-    ends = [len(prefix) for prefix in prefixes]
-    for prompt, response, g in zip(prompts, responses, row_group, strict=True):
-        ends[g] += max(len(prompt) - len(prefixes[g]) + len(response) - 1, 0)
+    suffix_len = [
+        len(prompt) - len(prefixes[g]) + len(response)
+        for prompt, response, g in zip(prompts, responses, row_group, strict=True)
+    ]
+    _, ends = _sequence_spans([len(prefix) for prefix in prefixes], row_group, suffix_len)
     return len(prefixes) * max(ends)
+
+
+def _sequence_spans(
+    prefix_len: Sequence[int], row_group: Sequence[int], suffix_len: Sequence[int]
+) -> tuple[list[int], list[int]]:
+    """For the `GroupSequences` layout: where each row's fed suffix tokens (all but its last)
+    start in its group's sequence, and each group's sequence length."""
+    ends = list(prefix_len)
+    starts = []
+    for r, g in enumerate(row_group):
+        starts.append(ends[g])
+        ends[g] += max(int(suffix_len[r]) - 1, 0)
+    return starts, ends
 
 
 def split_to_fit(
@@ -325,11 +340,7 @@ def group_sequences(batch: GroupedBatch, pad_id: int) -> GroupSequences:
     prefix_len = batch.prefix_len.tolist()
     row_group = batch.row_group.tolist()
     suffix_len = batch.suffix_mask.sum(dim=1).tolist()
-    ends = list(prefix_len)  # each group's sequence length so far
-    starts = []  # where each row's fed suffix tokens start in its group's sequence
-    for r, g in enumerate(row_group):
-        starts.append(ends[g])
-        ends[g] += max(int(suffix_len[r]) - 1, 0)
+    starts, ends = _sequence_spans(prefix_len, row_group, suffix_len)
     g_count, length = len(prefix_len), max(ends)
     input_ids = torch.full((g_count, length), pad_id, dtype=torch.long)
     position_ids = torch.zeros((g_count, length), dtype=torch.long)

@@ -101,6 +101,13 @@ def is_finished(run_dir: Path) -> bool:
     return info.is_file() and bool(read_json(info).get("finished"))
 
 
+def run_tracker(cfg: RunConfig, recorded_uri: str | None) -> Tracker:
+    """The MLflow tracker of a run of `cfg` whose run.json recorded `recorded_uri` (None for a
+    new run): the same store and experiment every time the run's folder is opened."""
+    uri = tracking_uri_for(cfg, recorded_uri)
+    return Tracker(uri, cfg.experiment, Path(cfg.output_dir) / "mlartifacts")
+
+
 def close_finished_run(run_dir: Path) -> None:
     """A finished run's MLflow run ends FINISHED: a kill after run.json said finished but before
     the run's end reached MLflow left it RUNNING, and no later command would end it. Called
@@ -110,11 +117,7 @@ def close_finished_run(run_dir: Path) -> None:
         return
     cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
     try:
-        tracker = Tracker(
-            tracking_uri_for(cfg, info.get("tracking_uri")),
-            cfg.experiment,
-            Path(cfg.output_dir) / "mlartifacts",
-        )
+        tracker = run_tracker(cfg, info.get("tracking_uri"))
         running = tracker.client.get_run(info["mlflow_run_id"]).info.status == "RUNNING"
     except Exception as err:  # an MLflow server that is down must not fail a finished run
         log.warning("could not check %s's MLflow run: %s", run_dir.name, err)
@@ -146,8 +149,8 @@ def open_run(run_dir: Path) -> Run:
     info_file = run_dir / "run.json"
     info = read_json(info_file) if info_file.is_file() else {}
 
-    tracking_uri = tracking_uri_for(cfg, info.get("tracking_uri"))
-    tracker = Tracker(tracking_uri, cfg.experiment, Path(cfg.output_dir) / "mlartifacts")
+    tracker = run_tracker(cfg, info.get("tracking_uri"))
+    tracking_uri = tracker.tracking_uri
     if "incarnation" not in info:  # names this folder's MLflow run before it exists
         info["incarnation"] = uuid.uuid4().hex
         write_json(info_file, info)
