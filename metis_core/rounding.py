@@ -43,6 +43,11 @@ def stochastic_bf16(master: torch.Tensor, generator: torch.Generator) -> torch.T
     return out
 
 
+def _noise(seed: int, step: int, device: torch.device | None = None) -> torch.Generator:
+    """The rounding noise of `step` in stream `seed`: a function of the two alone."""
+    return torch.Generator(device=device or "cpu").manual_seed(seed * 1_000_003 + step)
+
+
 def round_copies(pairs: list[tuple[torch.Tensor, torch.Tensor]], step: int, seed: int = 0) -> None:
     """Overwrite each bf16 copy with a stochastic rounding of its fp32 master. The noise depends
     only on (seed, step, order of the pairs), so data-parallel ranks make the same copies and a
@@ -50,7 +55,7 @@ def round_copies(pairs: list[tuple[torch.Tensor, torch.Tensor]], step: int, seed
     if not pairs:
         return
     device = pairs[0][0].device
-    generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+    generator = _noise(seed, step, device)
     scratch = torch.empty(max(c.numel() for c, _ in pairs), dtype=torch.int32, device=device)
     with torch.no_grad():
         for copy, master in pairs:
@@ -73,7 +78,7 @@ def engine_weights(
     if engine_dtype != "bfloat16":
         yield from weights
         return
-    generator = torch.Generator().manual_seed(ENGINE_STREAM * 1_000_003 + step)
+    generator = _noise(ENGINE_STREAM, step)
     with torch.no_grad():
         for name, weight in weights:
             yield name, stochastic_bf16(weight.detach().float(), generator)
