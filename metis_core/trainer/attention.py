@@ -2,7 +2,7 @@
 otherwise.
 
 An update's passes are short: one sequence per group holding its prefix and its rows' suffixes
-(metis_core/batch.GroupSequences), 8 x ~100-130 tokens for a micro-batch of the CPU default's
+(metis_core/group_sequences.py), 8 x ~100-130 tokens for a micro-batch of the CPU default's
 rollouts. Where many long rows share a short prefix (the judgments: 1 x ~1,300 tokens), most of
 that sequence's mask is empty, and `block_attention` computes only its non-empty blocks (the
 prefix on itself; 8 rows x ~145 queries x ~280 keys): 23.8 against 85.6 ms a layer in fp32. In
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from metis_core.batch import AttentionBlocks
+    from metis_core.group_sequences import AttentionBlocks
 
 TRAINER_ATTENTION = "metis_trainer"
 MATH_MAX_SCORES = 1 << 21
@@ -123,7 +123,7 @@ def block_attention(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> torch.Tensor:
-    """[G, L, H, D]: attention over one sequence per group (metis_core.batch.GroupSequences)
+    """[G, L, H, D]: attention over one sequence per group (metis_core.group_sequences.GroupSequences)
     computed block by block: the prefixes on themselves, then every row's tokens on their
     group's prefix keys and their own. Equal to attention under the whole mask, without the
     scores the mask throws away."""

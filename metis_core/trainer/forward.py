@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-from metis_core.batch import GroupedBatch, PackedBatch, group_sequences, length_buckets
+from metis_core.batch import GroupedBatch, PackedBatch, length_buckets
+from metis_core.group_sequences import group_sequences
 from metis_core.trainer.attention import TRAINER_ATTENTION
 from metis_core.trainer.constraints import unpack_bitmask
 
@@ -252,7 +253,7 @@ def sequence_logprobs(
     top_p: float = 1.0,
 ) -> torch.Tensor:
     """[N, S] what `grouped_logprobs` returns, from one forward pass: each group's prefix and its
-    rows' suffixes as one sequence under a mask (metis_core.batch.GroupSequences).
+    rows' suffixes as one sequence under a mask (metis_core.group_sequences.GroupSequences).
 
     One pass instead of a prefix pass and up to three suffix passes: each weight's matmuls run
     once, on all of the micro-batch's tokens, with no cache to gather and no suffix padded to its

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +38,13 @@ from metis_core.batch import (
     GroupedBatch,
     micro_batch_weight,
     micro_batches,
-    one_pass_tokens,
     pack_grouped,
     pack_sequences,
     response_values,
     split_to_fit,
 )
 from metis_core.config import TrainerConfig
+from metis_core.group_sequences import one_pass_tokens
 from metis_core.ports import JudgmentBatch, RolloutBatch
 from metis_core.rounding import engine_weights, round_copies
 from metis_core.trainer.attention import register_trainer_attention
@@ -65,29 +64,10 @@ from metis_core.trainer.forward import (
     sequence_logprobs,
 )
 from metis_core.trainer.hardware import precision_advice, precision_hint
+from metis_core.trainer.masters import float32_tensors, master_weight
 from metis_core.trainer.rollout_correction import correct_tokens, summarize_mismatch
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _float32_tensors(
-    module: torch.nn.Module, float32: Callable[[torch.Tensor], torch.Tensor]
-) -> Iterator[None]:
-    """Inside: the module's bf16 parameters hold `float32(param)` (for precision=bf16, the fp32
-    master weights) and its bf16 buffers float32 copies; the same Parameter objects, so the
-    optimiser's references to the bf16 storage stay valid; restored on exit. No-grad passes only."""
-    params = [(t, t.data) for t in module.parameters() if t.dtype == torch.bfloat16]
-    buffers = [(t, t.data) for t in module.buffers() if t.dtype == torch.bfloat16]
-    for t, _ in params:
-        t.data = float32(t)
-    for t, data in buffers:
-        t.data = data.float()
-    try:
-        yield
-    finally:
-        for t, data in params + buffers:
-            t.data = data
 
 
 class PolicyTrainer:
@@ -175,7 +155,7 @@ class PolicyTrainer:
         measures the engine, not the trainer's bf16 rounding (autocast, or bf16 weights)."""
         self.engine.eval()
         batch = pack_sequences([token_ids[:1]], [token_ids[1:]], self.pad_id)
-        with _float32_tensors(self.engine.module, self._master):
+        with float32_tensors(self.engine.module, self._master):
             logprobs = full_logprobs(self.engine.module, batch, self.device, self.postprocess)
         return logprobs[0].tolist()
 
@@ -354,21 +334,8 @@ class PolicyTrainer:
 
     # ---- weights out: sync and checkpoints ------------------------------------------------------
     def _master(self, param: torch.Tensor) -> torch.Tensor:
-        """The fp32 weight the optimiser steps for `param`: the parameter itself in fp32, DeepSpeed's
-        fp32 master copy under precision=bf16 (full, not a ZeRO shard)."""
-        if param.dtype == torch.float32:
-            return param.detach()
-        from deepspeed.utils import safe_get_full_fp32_param
-
-        full = safe_get_full_fp32_param(param)  # ZeRO 1-3 and DeepSpeed's BF16 optimiser
-        if full is not None:
-            return full
-        optimizer = self.engine.optimizer  # ZeRO-0 bf16: fp16_groups mirror fp32_groups
-        for low, high in zip(optimizer.fp16_groups, optimizer.fp32_groups, strict=True):
-            for lp, hp in zip(low, high, strict=True):
-                if lp is param:
-                    return hp.detach()
-        raise LookupError("no fp32 master weight for a bf16 parameter")
+        """The fp32 weight the optimiser steps for `param` (masters.py)."""
+        return master_weight(self.engine.optimizer, param)
 
     def _round_bf16_copies(self) -> None:
         """precision=bf16, stochastic: remake the bf16 weights from the masters (rounding.py)."""

@@ -2,14 +2,13 @@ import torch
 
 from metis_core.algorithms import agg_loss
 from metis_core.batch import (
-    group_sequences,
     micro_batch_weight,
     micro_batches,
-    one_pass_tokens,
     pack_grouped,
     pack_sequences,
     split_to_fit,
 )
+from metis_core.group_sequences import group_sequences, one_pass_tokens
 
 
 def test_pack_sequences_marks_response_labels():

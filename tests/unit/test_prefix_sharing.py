@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from metis_core.batch import group_sequences, pack_grouped, pack_sequences, prefix_groups
+from metis_core.batch import pack_grouped, pack_sequences, prefix_groups
+from metis_core.group_sequences import group_sequences
 from metis_core.trainer.attention import register_trainer_attention
 from metis_core.trainer.forward import (
     full_attention_only,
