@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from flows.iterations import as_iteration, close_orphaned_iterations
 from metis_core.checkpoints import tag_of
 from metis_core.config_loading import load_config
+from metis_core.failpoints import failpoint
 from metis_core.launch import (
     close_finished_run,
     is_finished,
@@ -295,13 +296,18 @@ def _train(run_dir: Path, stop: _StopRequest) -> str:
                     f"stopped by SIGTERM after step {step}, checkpointed; continue with "
                     f"`metis train --resume {run_dir}`"
                 )
+        # The end of the run, each part safe to redo: a kill before run.json says finished
+        # resumes after the last checkpoint and does it all again (nothing is lost)
         stages.plots(run.run_id)
-        mark_finished(run_dir)
-        status = "FINISHED"
+        if not metrics:  # resumed after its last step: the summary reads that step's row
+            metrics = dict(run.store.step_metrics(run.run_id)).get(last, {})
         _artifact(create_markdown_artifact, _summary(run, metrics), key=_key(run.run_id, "summary"))
+        status = "FINISHED"
     finally:
         run.tracker.end(status)
         release(run.run_id)
+    failpoint("finished", last)  # ended in MLflow and Prefect, not yet in run.json
+    mark_finished(run_dir)
     return str(run_dir)
 
 

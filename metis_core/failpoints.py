@@ -5,8 +5,9 @@ itself when it reaches that point of that step, as a preemption would. Points: t
 stage (`history`, `judge`, `select`, `rollout`, `verify`, `record`, `update`, `sync`, `evaluate`,
 `audit`, `log`, `checkpoint`), `record-transaction` (inside the DuckDB transaction that replaces
 the step's rows, after its delete), `checkpoint-write` (DeepSpeed's files written, the checkpoint
-not yet complete) and `mlflow-logged` (the step's metrics in MLflow, its checkpoint not yet
-written).
+not yet complete), `mlflow-logged` (the step's metrics in MLflow, its checkpoint not yet
+written) and `finished` (at the last step: the run ended in MLflow, its summary in Prefect,
+run.json not yet marked finished).
 Unset, a failpoint costs one dictionary lookup.
 """
 

@@ -109,9 +109,10 @@ def run_tracker(cfg: RunConfig, recorded_uri: str | None) -> Tracker:
 
 
 def close_finished_run(run_dir: Path) -> None:
-    """A finished run's MLflow run ends FINISHED: a kill after run.json said finished but before
-    the run's end reached MLflow left it RUNNING, and no later command would end it. Called
-    where a finished run is found and not rerun; a run MLflow has ended is left as it is."""
+    """A finished run's MLflow run ends FINISHED if it is still RUNNING: MLflow was unreachable
+    as the run ended (or an older metis, which marked run.json finished first, was killed in
+    between), and no later command would end it. Called where a finished run is found and not
+    rerun; a run MLflow has ended is left as it is."""
     info = read_json(run_dir / "run.json")
     if not info.get("mlflow_run_id"):
         return

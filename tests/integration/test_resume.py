@@ -1,6 +1,7 @@
 """A run interrupted at chosen and random instants (SIGKILL at its first judge, while writing a
 checkpoint, after logging to MLflow, inside the DuckDB transaction of `record`, in the update,
-and 3-40 s into its last attempt; SIGTERM mid-step), continued each time by
+as it ends (MLflow ended, run.json not yet finished), and 3-40 s into its last attempt; SIGTERM
+mid-step), continued each time by
 rerunning its command, ends identical to a run never interrupted: same outcome rows and
 judgments, the same weights and one MLflow value per metric per step, equal to the unkilled
 run's up to float32's last bits (1e-6)."""
@@ -56,15 +57,17 @@ def test_interrupted_run_equals_an_uninterrupted_one(tiny_model, tmp_path):
     # then a kill at a random instant of the last attempt's start-up or step (printed, to replay it)
     delay = round(random.uniform(3, 40), 1)
     print(f"random kill after {delay} s")
-    later = ["mlflow-logged@1", "record-transaction@2", "update@2", delay]
+    # "finished@2": the run has ended in MLflow but run.json does not say finished yet
+    later = ["mlflow-logged@1", "record-transaction@2", "update@2", "finished@2", delay]
     landed = run_to_end(tiny_model, runs, "killed", later, log)
-    assert landed >= 3  # the failpoints; the random kill may come after the run finished
+    assert landed >= 4  # the failpoints; the random kill may come after the run finished
     # step 1 was replayed twice more, its rollouts served from the stage cache beside the run
     assert rollouts.stat().st_mtime_ns == first_try
     assert list((run_dir / ".prefect-results").glob("*-step000001-rollout"))
     text = log.read_text()
     assert "checkpoint" in text and "is not usable (no manifest" in text  # the half-written one
     assert text.count("continuing at step 1") == 3  # SIGTERM's checkpoint, then twice more
+    assert "continuing at step 3" in text  # killed as it ended: the rerun ends it again
 
     result = compare(runs / "reference", run_dir)
     assert result == {
