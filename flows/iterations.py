@@ -12,6 +12,13 @@ So the subflow's function is named after its step and the parent's attempt
 (`iteration_step3_attempt2`): each attempt gets its own flow run per iteration, and earlier
 attempts' stay as they ended. Those an attempt left running when its process died are marked
 Crashed when the next attempt starts.
+
+An iteration's flow run sends no heartbeats. Prefect 3.7 starts a heartbeat thread for every
+flow run and, as the run ends, waits for it to notice in 1-second sleeps: each iteration ended
+on the next whole second, 0.5 s lost on average (an empty iteration took 1.09-2.09 s for
+0.3-1.55 s of work, against 0.45-1.70 s without). An iteration is far shorter than the
+180-second heartbeat, the training flow run keeps its own, and an iteration left running by a
+dead process is marked Crashed by the next attempt (`close_orphaned_iterations`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from prefect import flow
+from prefect.settings import temporary_settings
 
 R = TypeVar("R")
 ITERATION_FLOW = "metis-iteration"
@@ -46,7 +54,7 @@ def as_iteration(fn: Callable[..., R], step: int) -> Callable[..., R]:
         return fn(*args, **kwargs)
 
     iteration.__qualname__ = iteration.__name__ = f"iteration_step{step}_attempt{attempt()}"
-    return flow(  # type: ignore[return-value]
+    iteration_flow = flow(
         iteration,
         name=ITERATION_FLOW,
         flow_run_name=f"step-{step:04d}",
@@ -54,6 +62,13 @@ def as_iteration(fn: Callable[..., R], step: int) -> Callable[..., R]:
         persist_result=False,
         validate_parameters=False,
     )
+
+    @functools.wraps(fn)
+    def without_heartbeats(*args: Any, **kwargs: Any) -> R:
+        with temporary_settings(updates={"flows.heartbeat_frequency": None}):  # (docstring)
+            return iteration_flow(*args, **kwargs)  # type: ignore[return-value]
+
+    return without_heartbeats
 
 
 def close_orphaned_iterations() -> int:

@@ -82,3 +82,23 @@ def test_a_rerun_closes_the_iterations_its_killed_attempt_left_running(prefect_s
 
 def test_outside_a_flow_run_nothing_is_closed():
     assert close_orphaned_iterations() == 0
+
+
+def test_an_iteration_sends_no_heartbeats_and_its_parent_keeps_them(prefect_server):
+    from prefect.settings import get_current_settings
+
+    seen: dict = {}
+
+    def iteration(step: int) -> None:
+        seen["iteration"] = get_current_settings().flows.heartbeat_frequency
+
+    @flow(persist_result=False)
+    def training() -> None:
+        seen["before"] = get_current_settings().flows.heartbeat_frequency
+        as_iteration(iteration, 0)(0)
+        seen["after"] = get_current_settings().flows.heartbeat_frequency
+
+    training()
+    # Prefect's heartbeat thread ends in 1-second sleeps: an iteration ended on a whole second
+    assert seen["iteration"] is None
+    assert seen["before"] == seen["after"] is not None
