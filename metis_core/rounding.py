@@ -18,18 +18,32 @@ import torch
 _LOW_BITS = 1 << 16  # the float32 mantissa bits that bfloat16 drops
 
 
+def _scratch_size(numel: int) -> int:
+    """int32 elements `_round_into` needs for a tensor of `numel`: the bits, then the noise."""
+    return numel + (numel + 1) // 2
+
+
 def _round_into(
     copy: torch.Tensor, master: torch.Tensor, generator: torch.Generator, scratch: torch.Tensor
 ) -> None:
     """copy <- `master` rounded stochastically, in place, through `scratch` (int32, at least
-    master's size): no temporaries, so no fresh pages for the allocator to fault in each step."""
+    `_scratch_size(master.numel())`): no temporaries, so no fresh pages for the allocator to
+    fault in each step."""
     if master.dtype != torch.float32:
         raise TypeError(f"stochastic rounding takes float32, got {master.dtype}")
-    bits = scratch[: master.numel()].view(master.shape)
-    bits.random_(0, _LOW_BITS, generator=generator)
-    # adding uniform noise below the kept bits and truncating rounds away from zero with the
-    # probability of the dropped fraction (sign-magnitude: it works on either sign)
-    bits.add_(master.contiguous().view(torch.int32))
+    n = master.numel()
+    bits = scratch[:n].view(master.shape)
+    # 16 random bits per weight, two weights to each 32-bit draw: the generator was most of the
+    # rounding's time (0.39 of 0.5 s for 135M weights), and this halves it
+    noise = scratch[n : _scratch_size(n)]
+    noise.random_(-(2**31), 2**31, generator=generator)
+    torch.add(
+        master.contiguous().view(torch.int32), noise.view(torch.int16)[:n].view_as(bits), out=bits
+    )
+    # + 2^15: the noise added is uniform in [0, 2^16), below the kept bits; adding it and
+    # truncating rounds away from zero with the probability of the dropped fraction
+    # (sign-magnitude: either sign)
+    bits.add_(_LOW_BITS // 2)
     bits.bitwise_and_(~(_LOW_BITS - 1))
     copy.copy_(bits.view(torch.float32).view_as(copy))  # exact: the low bits are zero
 
@@ -38,7 +52,7 @@ def stochastic_bf16(master: torch.Tensor, generator: torch.Generator) -> torch.T
     """`master` (float32) rounded to bfloat16, up or down with probability proportional to its
     distance from each neighbour: E[result] == master. Finite inputs only (weights)."""
     out = torch.empty(master.shape, dtype=torch.bfloat16, device=master.device)
-    scratch = torch.empty(master.numel(), dtype=torch.int32, device=master.device)
+    scratch = torch.empty(_scratch_size(master.numel()), dtype=torch.int32, device=master.device)
     _round_into(out, master, generator, scratch)
     return out
 
@@ -56,7 +70,8 @@ def round_copies(pairs: list[tuple[torch.Tensor, torch.Tensor]], step: int, seed
         return
     device = pairs[0][0].device
     generator = _noise(seed, step, device)
-    scratch = torch.empty(max(c.numel() for c, _ in pairs), dtype=torch.int32, device=device)
+    longest = max(c.numel() for c, _ in pairs)
+    scratch = torch.empty(_scratch_size(longest), dtype=torch.int32, device=device)
     with torch.no_grad():
         for copy, master in pairs:
             _round_into(copy, master.detach().to(device, torch.float32), generator, scratch)
