@@ -72,3 +72,15 @@ def test_engine_overhead_runs(tmp_path):
     assert set(rows) == {"judge", "rollout"}
     for stage_s, bare_s, tokens, ratio in rows.values():
         assert float(stage_s) > 0 and float(bare_s) > 0 and int(tokens) > 0 and float(ratio) > 0
+
+
+def test_iteration_overhead_runs():
+    done = subprocess.run(
+        [sys.executable, "bench/iteration_overhead.py", "--work", "0.1", "--repeat", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = [
+        line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| 0.10")
+    ]
+    assert all(float(seconds) >= 0.1 for seconds in row[1:])  # each waited its work, at least
