@@ -94,6 +94,14 @@ def engine_weights(
         yield from weights
         return
     generator = _noise(ENGINE_STREAM, step)
+    scratch = torch.empty(0, dtype=torch.int32)  # one for all weights, grown to the largest
     with torch.no_grad():
         for name, weight in weights:
-            yield name, stochastic_bf16(weight.detach().float(), generator)
+            master = weight.detach().float()
+            if scratch.numel() < _scratch_size(master.numel()) or scratch.device != master.device:
+                scratch = torch.empty(
+                    _scratch_size(master.numel()), dtype=torch.int32, device=master.device
+                )
+            sent = torch.empty(master.shape, dtype=torch.bfloat16, device=master.device)
+            _round_into(sent, master, generator, scratch)
+            yield name, sent
