@@ -13,7 +13,6 @@ run, on a temporary Prefect server (or PREFECT_API_URL's).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -28,13 +27,9 @@ def main() -> None:
     parser.add_argument("--work", type=float, nargs="+", default=[0.3, 0.55, 0.8, 1.05, 1.3])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="metis-iteration-overhead-"))
-    os.environ.setdefault("PREFECT_HOME", str(home))
-    os.environ.setdefault("PREFECT_LOCAL_STORAGE_PATH", str(home / "storage"))
-    os.environ.setdefault("PREFECT_MEMO_STORE_PATH", str(home / "memo_store.toml"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from flows.cli import prefect_environment
+
+    prefect_environment(tempfile.mkdtemp(prefix="metis-iteration-overhead-"))  # as `metis` does
 
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE

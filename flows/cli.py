@@ -35,7 +35,7 @@ Prefect: a temporary local server unless PREFECT_API_URL names one or `metis ser
 """
 
 
-def _prefect_environment(output_dir: str) -> None:
+def prefect_environment(output_dir: str) -> None:
     home = Path(output_dir).resolve() / ".prefect"
     home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(home))
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for key, value in service_environment(cfg.output_dir).items():  # `metis services up`
         os.environ.setdefault(key, value)
-    _prefect_environment(str(Path(resume).resolve().parent) if resume else cfg.output_dir)
+    prefect_environment(str(Path(resume).resolve().parent) if resume else cfg.output_dir)
     if args.command == "eval":
         return _eval(args)
     from flows.train import Preempted, train
@@ -335,7 +335,7 @@ def _compare(args: argparse.Namespace, output_dir: str, name: str) -> int:
     out = args.output or str(Path(output_dir) / f"compare-{name}")
     # before anything imports Prefect, which reads its settings once, at import: its stage
     # caches and temporary server live with the comparison it resumes
-    _prefect_environment(out)
+    prefect_environment(out)
     from flows.compare import compare
 
     compare(
