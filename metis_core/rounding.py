@@ -48,11 +48,18 @@ def _round_into(
     copy.copy_(bits.view(torch.float32).view_as(copy))  # exact: the low bits are zero
 
 
-def stochastic_bf16(master: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def stochastic_bf16(
+    master: torch.Tensor, generator: torch.Generator, scratch: torch.Tensor | None = None
+) -> torch.Tensor:
     """`master` (float32) rounded to bfloat16, up or down with probability proportional to its
-    distance from each neighbour: E[result] == master. Finite inputs only (weights)."""
+    distance from each neighbour: E[result] == master. Finite inputs only (weights). `scratch`:
+    int32 of at least `_scratch_size(master.numel())` on master's device, to reuse across calls;
+    a fresh one when None."""
+    if scratch is None:
+        scratch = torch.empty(
+            _scratch_size(master.numel()), dtype=torch.int32, device=master.device
+        )
     out = torch.empty(master.shape, dtype=torch.bfloat16, device=master.device)
-    scratch = torch.empty(_scratch_size(master.numel()), dtype=torch.int32, device=master.device)
     _round_into(out, master, generator, scratch)
     return out
 
@@ -98,10 +105,7 @@ def engine_weights(
     with torch.no_grad():
         for name, weight in weights:
             master = weight.detach().float()
-            if scratch.numel() < _scratch_size(master.numel()) or scratch.device != master.device:
-                scratch = torch.empty(
-                    _scratch_size(master.numel()), dtype=torch.int32, device=master.device
-                )
-            sent = torch.empty(master.shape, dtype=torch.bfloat16, device=master.device)
-            _round_into(sent, master, generator, scratch)
-            yield name, sent
+            needed = _scratch_size(master.numel())
+            if scratch.numel() < needed or scratch.device != master.device:
+                scratch = torch.empty(needed, dtype=torch.int32, device=master.device)
+            yield name, stochastic_bf16(master, generator, scratch)
