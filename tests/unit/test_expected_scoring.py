@@ -7,7 +7,7 @@ import pytest
 
 from metis_core.ports import Completion
 from metis_core.stages.curriculum import expected_judgments
-from tests.unit.test_stages import CharTokenizer
+from tests.unit.stage_fakes import CharTokenizer
 
 
 def test_expected_scores_ask_only_for_the_distributions_the_judgment_did_not_pass():
