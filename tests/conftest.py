@@ -132,7 +132,11 @@ B, N, M = 2, 4, 3
 def tiny_overrides(model, out, steps=2, extra=()):
     return [
         f"model.path={model}",
+        # fp32 on both sides, whatever the hardware: these runs check the engine and the trainer
+        # agree to 1e-3 (the default, auto, is bf16 on bf16 hardware: test_precision.py, and the
+        # kill harness's runs in test_resume.py)
         "model.dtype=float32",
+        "trainer.precision=fp32",
         f"steps={steps}",
         f"output_dir={out}",
         f"curriculum.batch_prompts={B}",

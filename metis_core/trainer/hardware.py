@@ -10,14 +10,9 @@ from __future__ import annotations
 
 import torch
 
+from metis_core.precision import native_bf16_matmul
 
-def native_bf16_matmul(device: torch.device) -> bool:
-    """Whether `device` multiplies bf16 matrices in hardware."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return True  # no reason to doubt it, no way to ask
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+__all__ = ["native_bf16_matmul", "precision_advice", "precision_hint"]
 
 
 def precision_advice(precision: str, device: torch.device) -> str | None:
@@ -28,7 +23,7 @@ def precision_advice(precision: str, device: torch.device) -> str | None:
     return (
         f"trainer.precision={precision} on a {capability} CPU without AVX512-BF16 or AMX: its bf16 "
         "matmuls are emulated, so the update is slower than fp32's and no more accurate; "
-        "set trainer.precision=fp32 (the default) on this machine"
+        "set trainer.precision=fp32 (or auto, the default, which picks fp32 here)"
     )
 
 
@@ -39,7 +34,7 @@ def precision_hint(precision: str, device: torch.device) -> str | None:
     where = "GPU" if device.type == "cuda" else "CPU (AVX512-BF16 or AMX)"
     return (
         f"this {where} multiplies bf16 natively: trainer.precision=bf16 (fp32 master weights, "
-        "stochastic rounding) with model.dtype=bfloat16 (configs/bf16.yaml) runs iterations "
-        "faster than fp32 and learned as well in the benchmarks (docs/BENCHMARKS.md); fp32 "
-        "stays the default"
+        "stochastic rounding) with model.dtype=bfloat16 runs iterations faster than fp32 and "
+        "learned as well in the benchmarks (docs/BENCHMARKS.md); trainer.precision=auto (the "
+        "default) picks it wherever the rest of trainer's settings allow it"
     )

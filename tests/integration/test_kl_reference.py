@@ -16,7 +16,7 @@ def test_the_kl_term_pulls_the_policy_back_to_its_reference(tiny_model):
     from metis_core.ports import RolloutBatch
     from metis_core.trainer.policy_trainer import PolicyTrainer
 
-    cfg = TrainerConfig(lr=3e-3, micro_batch_size=4, kl_coef=1.0)
+    cfg = TrainerConfig(lr=3e-3, micro_batch_size=4, kl_coef=1.0, precision="fp32")
     trainer = PolicyTrainer(tiny_model, cfg, max_response_tokens=8)
     reference = trainer.reference
     assert reference is not None

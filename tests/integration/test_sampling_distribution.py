@@ -32,7 +32,9 @@ def trainer(tiny_model):
     from metis_core.config import TrainerConfig
     from metis_core.trainer.policy_trainer import PolicyTrainer
 
-    return PolicyTrainer(tiny_model, TrainerConfig(micro_batch_size=64), max_response_tokens=16)
+    return PolicyTrainer(
+        tiny_model, TrainerConfig(micro_batch_size=64, precision="fp32"), max_response_tokens=16
+    )
 
 
 def tolerance(engine) -> float:

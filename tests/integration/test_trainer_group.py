@@ -30,7 +30,7 @@ from tests.conftest import (
 pytestmark = pytest.mark.integration
 
 # no clip, a large step, no gap check (the batch has no engine log-probs)
-SETTINGS = dict(lr=1e-3, micro_batch_size=4, grad_clip=1e9, max_logprob_gap=100.0)
+SETTINGS = dict(lr=1e-3, micro_batch_size=4, grad_clip=1e9, max_logprob_gap=100.0, precision="fp32")
 
 
 def batch(groups=6, n=3, seed=0):

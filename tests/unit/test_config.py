@@ -144,8 +144,8 @@ def test_ranks_take_zero_stages_that_reduce_once_per_step():
 def test_the_default_gap_limit_is_loose_when_either_side_computes_in_bf16():
     from metis_core.config import TrainerConfig
 
-    assert TrainerConfig().logprob_gap_limit("float32") == 0.01
-    assert TrainerConfig().logprob_gap_limit("bfloat16") == 0.3
+    assert TrainerConfig(precision="fp32").logprob_gap_limit("float32") == 0.01
+    assert TrainerConfig(precision="fp32").logprob_gap_limit("bfloat16") == 0.3
     assert TrainerConfig(precision="bf16").logprob_gap_limit("float32") == 0.3
     assert TrainerConfig(precision="autocast-bf16").logprob_gap_limit("float32") == 0.3
     assert (
