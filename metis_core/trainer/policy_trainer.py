@@ -116,6 +116,11 @@ class PolicyTrainer:
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
                 model=model, optimizer=optimizer, config=deepspeed_config(cfg)
             )
+        if self.engine.dp_world_size == 1:
+            # nothing to reduce: at each step DeepSpeed would still flatten every gradient into
+            # one buffer, all-reduce it over the one rank and copy it back, 0.07-0.45 s a step
+            # for SmolLM2-135M in bf16 (docs/BENCHMARKS.md)
+            self.engine.enable_backward_allreduce = False
         self.device = torch.device(self.engine.device)
         self.autocast = cfg.precision == "autocast-bf16"
         if advice := precision_advice(cfg.precision, self.device):
