@@ -116,10 +116,11 @@ class PolicyTrainer:
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
                 model=model, optimizer=optimizer, config=deepspeed_config(cfg)
             )
-        if self.engine.dp_world_size == 1:
+        if self.engine.dp_world_size == 1 and cfg.zero_stage == 0:
             # nothing to reduce: at each step DeepSpeed would still flatten every gradient into
-            # one buffer, all-reduce it over the one rank and copy it back, 0.07-0.45 s a step
-            # for SmolLM2-135M in bf16 (docs/BENCHMARKS.md)
+            # one buffer, all-reduce it over the one rank and copy it back, 0.07-0.12 s a bf16
+            # step for SmolLM2-135M, 0.12-0.51 s fp32 (docs/BENCHMARKS.md). (ZeRO 1-2 move the
+            # gradients into their partitions on that path: it stays.)
             self.engine.enable_backward_allreduce = False
         self.device = torch.device(self.engine.device)
         self.autocast = cfg.precision == "autocast-bf16"
