@@ -1,8 +1,11 @@
 """The real embedded SmolLM2-135M-Instruct through the default config for two iterations."""
 
+import json
+
 import duckdb
 import pytest
 
+from metis_core.precision import trainer_has_native_bf16
 from tests.conftest import mlflow_run, only_run_dir, run_metis, set_args
 
 pytestmark = pytest.mark.slow
@@ -28,11 +31,20 @@ def test_default_config_runs_on_the_embedded_model(tmp_path):
     client, run_id = mlflow_run(run_dir)
     metrics = client.get_run(run_id).data.metrics
     assert "eval/avg_at_4" in metrics  # the final evaluation always runs
-    # default dtypes (fp32 engine and trainer): the trainer scores the sampled tokens as the
-    # engine sampled them, at the rollout temperature and under the judgment constraint
-    assert metrics["mismatch/logprob_gap_mean"] < 1e-3
-    assert metrics["mismatch/judge/logprob_gap_mean"] < 1e-3
-    assert abs(metrics["mismatch/tis_weight_mean"] - 1.0) < 1e-3
+    # the default precision (auto) is this machine's: bf16 on both sides where it multiplies
+    # bf16 natively, fp32 elsewhere, and the run's folder says which
+    saved = json.loads((run_dir / "config.json").read_text())
+    bf16 = trainer_has_native_bf16()
+    assert (saved["trainer"]["precision"], saved["model"]["dtype"]) == (
+        ("bf16", "bfloat16") if bf16 else ("fp32", "float32")
+    )
+    # the trainer scores the sampled tokens as the engine sampled them, at the rollout
+    # temperature and under the judgment constraint: to fp32's noise, or within bf16's
+    # arithmetic (0.03-0.05 nats/token measured, docs/metis.md)
+    tolerance = 0.1 if bf16 else 1e-3
+    assert metrics["mismatch/logprob_gap_mean"] < tolerance
+    assert metrics["mismatch/judge/logprob_gap_mean"] < tolerance
+    assert abs(metrics["mismatch/tis_weight_mean"] - 1.0) < tolerance
     # the judge audit at the final evaluation: 32 random prompts, some of which vary
     for key in ("audit/spearman", "audit/top_b_lift", "audit/nonzero_share", "audit/mae"):
         assert key in metrics, key
