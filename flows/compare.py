@@ -29,7 +29,7 @@ from metis_core.comparison import (
     table_markdown,
 )
 from metis_core.config import RunConfig
-from metis_core.config_loading import load_config
+from metis_core.config_loading import changed_settings, load_config
 from metis_core.launch import close_finished_run, is_finished, prepare_run_dir
 from metis_core.run import read_json, write_json
 from metis_core.store.outcomes import OutcomeStore
@@ -45,6 +45,18 @@ def child_name(sampler: str, seed: int) -> str:
 def _tracker(cfg: RunConfig, out: Path) -> Tracker:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri or default_tracking_uri(out)
     return Tracker(uri, cfg.experiment, out / "mlartifacts")
+
+
+def _difference(saved: dict, cfg: RunConfig, target: float | None) -> str:
+    """What differs between a comparison folder's plan and this one, for the refusal."""
+    if saved["target"] != target:
+        return f"target ({saved['target']}, not {target})"
+    try:
+        changed = changed_settings(RunConfig.model_validate(saved["config"]), cfg)
+    except ValueError:  # a config this version of metis no longer reads
+        return "config"
+    # (trainer.precision and model.dtype: what `auto` became on the machine that started it)
+    return f"config ({', '.join(changed[:6])} differ)" if changed else "config"
 
 
 @task(name="plan-comparison", cache_policy=NO_CACHE)
@@ -66,8 +78,8 @@ def plan(
     saved = read_json(plan_file) if plan_file.is_file() else None
     if saved is not None and {k: saved[k] for k in wanted} != wanted:
         raise ComparisonError(
-            f"{out} holds a comparison with another config or target; give another --output, "
-            "or the same config to resume it (samplers and seeds may be added)"
+            f"{out} holds a comparison with another {_difference(saved, cfg, target)}; give "
+            "another --output, or the same config to resume it (samplers and seeds may be added)"
         )
     out.mkdir(parents=True, exist_ok=True)
     tracker = _tracker(cfg, out)

@@ -154,3 +154,9 @@ def flat_params(cfg: RunConfig) -> dict[str, str]:
 
     walk("", cfg.model_dump(mode="json"))
     return out
+
+
+def changed_settings(before: RunConfig, now: RunConfig) -> list[str]:
+    """The settings (`section.field`, as in `flat_params`) whose values differ, sorted."""
+    a, b = flat_params(before), flat_params(now)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))

@@ -13,7 +13,7 @@ from datasets import Dataset
 from metis_core import checkpoints
 from metis_core.algorithms import MovingAverageBaseline
 from metis_core.config import RunConfig
-from metis_core.config_loading import ConfigError, flat_params
+from metis_core.config_loading import ConfigError, changed_settings, flat_params
 from metis_core.data.pool import DatasetError, build_pool
 from metis_core.model.weights import cache_dir, resolve_model
 from metis_core.run import Run, new_sampler, read_json, task_prompt_ids, write_json
@@ -78,9 +78,7 @@ def named_run_dir(cfg: RunConfig, run_id: str) -> Path:
     """
     saved = Path(cfg.output_dir) / run_id / "config.json"
     if saved.is_file():
-        before = flat_params(RunConfig.model_validate_json(saved.read_text()))
-        now = flat_params(cfg)
-        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        changed = changed_settings(RunConfig.model_validate_json(saved.read_text()), cfg)
         if changed:
             raise ConfigError(
                 f"run {run_id!r} exists with another config ({', '.join(changed[:6])} differ); "

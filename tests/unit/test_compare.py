@@ -149,3 +149,22 @@ main(["compare", "--samplers", "uniform", "--seeds", "0", "--output", sys.argv[1
     ]
     home, timeout = reported.split()
     assert home == str((tmp_path / "cmp" / ".prefect").resolve()) and timeout == "180"
+
+
+def test_a_folder_of_another_comparison_is_refused_naming_what_differs(tmp_path):
+    """A comparison folder is resumed only with its own config and target; the refusal names the
+    settings that differ (such as the precision `auto` became on the machine that started it)."""
+    from flows.compare import PLAN_FILE, plan
+    from metis_core.config_loading import load_config
+    from metis_core.run import write_json
+
+    out = tmp_path / "comparison"
+    out.mkdir()
+    started = load_config(None, ["trainer.precision=fp32"]).model_dump(mode="json")
+    write_json(out / PLAN_FILE, {"config": started, "target": None})
+    here = ["trainer.precision=bf16"]
+    with pytest.raises(ComparisonError, match=r"config \(model.dtype, trainer.precision differ\)"):
+        plan.fn(None, here, ["uniform"], [0], None, str(out))
+    with pytest.raises(ComparisonError, match=r"target \(None, not 0.5\)"):
+        plan.fn(None, here, ["uniform"], [0], 0.5, str(out))
+    assert os.listdir(out) == [PLAN_FILE]  # refused before anything was written
