@@ -7,6 +7,10 @@ select, verify, record, logging, and Prefect's own overhead between tasks).
 
     .venv/bin/python bench/iteration_breakdown.py --config configs/default.yaml --steps 5
     .venv/bin/python bench/iteration_breakdown.py --run-dir runs/<run id> --peak 0.174
+
+A run this script starts goes to a new folder under runs/ that is removed after the report (its
+final checkpoint and registered model take about 3 GB for SmolLM2-135M, so repeated runs fill a
+disk), unless --keep or --output-dir says to keep it.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,7 +46,14 @@ def main() -> None:
         help="iterations to run; the first is reported apart as warm-up",
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--output-dir", default="runs/bench")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        help="where the run goes, kept after the report (default: a new folder under runs/, removed)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the run's folder after the report"
+    )
     parser.add_argument(
         "--run-dir",
         type=Path,
@@ -53,26 +66,47 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    total: float | None = None  # seconds of the whole command, when this script ran it
     run_dir = args.run_dir
-    if run_dir is None:
-        from flows.cli import main as metis
+    scratch: Path | None = None  # the folder to remove after the report
+    try:
+        total: float | None = None  # seconds of the whole command, when this script ran it
+        if run_dir is None:
+            output_dir = args.output_dir
+            if output_dir is None:
+                Path("runs").mkdir(exist_ok=True)
+                output_dir = Path(tempfile.mkdtemp(prefix="bench-", dir="runs"))
+                scratch = None if args.keep else output_dir
+            started = time.time()
+            run_dir = train(args.config, args.steps, output_dir, args.overrides)
+            total = time.time() - started
+        report(run_dir, total, args.peak)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+            print(f"removed {scratch} (--keep keeps the run)")
 
-        overrides = [
-            f"steps={args.steps}",
-            "eval.every=0",
-            "checkpoint_every=0",
-            f"output_dir={args.output_dir}",
-            "name=bench",
-            *args.overrides,
-        ]
-        started = time.time()
-        metis(["train", "--config", args.config, *[x for o in overrides for x in ("--set", o)]])
-        total = time.time() - started
-        run_dir = max(
-            (p for p in Path(args.output_dir).iterdir() if (p / "run.json").is_file()),
-            key=lambda p: p.stat().st_mtime,
-        )
+
+def train(config: str, steps: int, output_dir: Path, overrides: list[str]) -> Path:
+    """`metis train` for `steps` iterations (no evaluation, one checkpoint at the end); its folder."""
+    from flows.cli import main as metis
+
+    sets = [
+        f"steps={steps}",
+        "eval.every=0",
+        "checkpoint_every=0",
+        f"output_dir={output_dir}",
+        "name=bench",
+        *overrides,
+    ]
+    metis(["train", "--config", config, *[x for o in sets for x in ("--set", o)]])
+    return max(
+        (p for p in output_dir.iterdir() if (p / "run.json").is_file()),
+        key=lambda p: p.stat().st_mtime,
+    )
+
+
+def report(run_dir: Path, total: float | None, peak: float | None) -> None:
+    """The stage table, each step's seconds, each stage's work and rate, and the peak RSS."""
     info = json.loads((run_dir / "run.json").read_text())
     from mlflow.tracking import MlflowClient
 
@@ -109,7 +143,7 @@ def main() -> None:
     if 0 in per_step["time/iteration_s"]:
         print(f"warm-up iteration (step 0): {per_step['time/iteration_s'][0]:.1f} s")
     step_table(steps, per_step)
-    work_table(run_dir, measured, per_step, args.peak)
+    work_table(run_dir, measured, per_step, peak)
     if "memory/peak_rss_gib" in metrics:  # the flow's process: in-process engine and trainer
         print(f"peak RSS of the run's process: {metrics['memory/peak_rss_gib']:.2f} GiB")
 

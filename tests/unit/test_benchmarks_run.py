@@ -3,6 +3,9 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -84,3 +87,39 @@ def test_iteration_overhead_runs():
         line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| 0.10")
     ]
     assert all(float(seconds) >= 0.1 for seconds in row[1:])  # each waited its work, at least
+
+
+def test_iteration_breakdown_removes_the_run_it_started(tmp_path, monkeypatch):
+    """The breakdown's own run (about 3 GB with its checkpoint) is removed after the report, and
+    after a failed one; --keep and --output-dir keep it. `train` stands in for `metis train`:
+    what is checked is the folder's life, not the training."""
+    sys.path.insert(0, str(REPO))
+    from bench import iteration_breakdown as bench
+
+    monkeypatch.chdir(tmp_path)
+    started: list[Path] = []
+
+    def train(config, steps, output_dir, overrides):
+        run = output_dir / "bench-run"
+        run.mkdir(parents=True)
+        (run / "run.json").write_text("{}")
+        started.append(output_dir)
+        return run
+
+    def report(run_dir, total, peak):
+        assert (run_dir / "run.json").is_file()  # still there while it is read
+        if peak == 13:
+            raise RuntimeError("the report failed")
+
+    monkeypatch.setattr(bench, "train", train)
+    monkeypatch.setattr(bench, "report", report)
+    for argv, kept in (([], False), (["--keep"], True), (["--output-dir", "mine"], True)):
+        monkeypatch.setattr(sys, "argv", ["iteration_breakdown.py", *argv])
+        bench.main()
+        assert started[-1].exists() is kept, argv
+    assert started[0].parent == Path("runs")  # under the working folder
+    assert started[2] == Path("mine")
+    monkeypatch.setattr(sys, "argv", ["iteration_breakdown.py", "--peak", "13"])
+    with pytest.raises(RuntimeError):
+        bench.main()
+    assert not started[-1].exists()
