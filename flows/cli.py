@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval":
         return _eval(args)
     from flows.train import Preempted, train
+    from metis_core.checkpoints import CheckpointError
 
     try:
         run_dir = train(
@@ -320,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as err:
         print(f"metis: {err}", file=sys.stderr)
         return 143  # 128 + SIGTERM, as if the signal had ended it
+    except CheckpointError as err:  # e.g. a full disk: what to do is in the message
+        print(f"metis: {err}", file=sys.stderr)
+        return 1
     print(f"metis: run finished: {run_dir}")
     return 0
 

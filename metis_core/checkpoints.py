@@ -14,6 +14,7 @@ s + 1 and replays, identically, whatever came after.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -49,7 +50,18 @@ def write(directory: Path, step: int, save: Callable[[Path], None], keep: int = 
     tag = tag_of(step)
     folder = directory / tag
     (folder / MANIFEST).unlink(missing_ok=True)  # a rewrite is incomplete until it is finished
-    save(folder)
+    try:
+        save(folder)
+    except Exception as error:
+        if not _disk_full(error, directory):
+            raise
+        shutil.rmtree(folder, ignore_errors=True)  # its part-written files only take space
+        raise CheckpointError(
+            f"checkpoint {tag} could not be written: no space left under {directory} ({error}). "
+            "Its part-written files are removed and the complete checkpoints before it are "
+            "kept. Free some space (older runs' checkpoints/ folders are the largest files) and "
+            "rerun the same command: the run resumes from its newest complete checkpoint."
+        ) from error
     files = {
         str(p.relative_to(folder)): p.stat().st_size
         for p in sorted(folder.rglob("*"))
@@ -101,6 +113,20 @@ def restore(directory: Path, load: Callable[[Checkpoint], None]) -> Checkpoint |
             )
             errors.append(f"{checkpoint.tag}: {error}")
     raise CheckpointError(f"no checkpoint under {directory} loads: " + "; ".join(errors))
+
+
+def _disk_full(error: BaseException, directory: Path) -> bool:
+    """Whether a failed save ran out of space. Writers report it their own way (an OSError with
+    ENOSPC; safetensors' message; torch.save's "file write failed"), so a nearly full disk after
+    the failure counts too."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    if "No space left on device" in str(error):
+        return True
+    try:
+        return shutil.disk_usage(directory).free < 64 * 2**20
+    except OSError:
+        return False
 
 
 def _folders(directory: Path) -> list[Path]:

@@ -115,7 +115,32 @@ def test_a_full_disk_while_saving_leaves_the_previous_checkpoint(tmp_path):
         (folder / "weights.pt").write_bytes(b"b" * 4)  # what fitted
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(CheckpointError, match="step-000001 could not be written: no space left"):
         checkpoints.write(tmp_path, 1, disk_full)
+    assert not (tmp_path / "step-000001").exists()  # part-written files removed
     assert json.loads((tmp_path / "latest.json").read_text())["step"] == 0
     assert loaded_steps(tmp_path) == [0]
+
+
+def test_a_full_disk_reported_by_the_writer_s_own_message_is_named(tmp_path):
+    """safetensors says it in its message, not with an OSError."""
+
+    def disk_full(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        raise RuntimeError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    with pytest.raises(CheckpointError, match="rerun the same command"):
+        checkpoints.write(tmp_path, 0, disk_full)
+
+
+def test_other_failures_while_saving_are_raised_as_they_are(tmp_path):
+    def broken(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "weights.pt").write_bytes(b"b")
+        raise ValueError("a bug in a writer")
+
+    with pytest.raises(ValueError, match="a bug in a writer"):
+        checkpoints.write(tmp_path, 0, broken)
+    assert checkpoints.resumable(tmp_path) == []  # never marked complete
