@@ -52,24 +52,25 @@ def write(directory: Path, step: int, save: Callable[[Path], None], keep: int = 
     (folder / MANIFEST).unlink(missing_ok=True)  # a rewrite is incomplete until it is finished
     try:
         save(folder)
+        files = {
+            str(p.relative_to(folder)): p.stat().st_size
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MANIFEST
+        }
+        _sync(folder)
+        write_json(folder / MANIFEST, {"tag": tag, "step": step, "files": files})
+        write_json(directory / "latest.json", {"tag": tag, "step": step})
     except Exception as error:
         if not _disk_full(error, directory):
             raise
-        shutil.rmtree(folder, ignore_errors=True)  # its part-written files only take space
+        if not (folder / MANIFEST).is_file():  # part-written: its files only take space
+            shutil.rmtree(folder, ignore_errors=True)
         raise CheckpointError(
             f"checkpoint {tag} could not be written: no space left under {directory} ({error}). "
-            "Its part-written files are removed and the complete checkpoints before it are "
-            "kept. Free some space (older runs' checkpoints/ folders are the largest files) and "
-            "rerun the same command: the run resumes from its newest complete checkpoint."
+            "Part-written files are removed and the complete checkpoints are kept. Free some "
+            "space (older runs' checkpoints/ folders are the largest files) and rerun the same "
+            "command: the run resumes from its newest complete checkpoint (or from its start)."
         ) from error
-    files = {
-        str(p.relative_to(folder)): p.stat().st_size
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
-    _sync(folder)
-    write_json(folder / MANIFEST, {"tag": tag, "step": step, "files": files})
-    write_json(directory / "latest.json", {"tag": tag, "step": step})
     complete = [c for c in _folders(directory) if _damage(c) is None]
     for old in complete[keep:]:
         shutil.rmtree(old, ignore_errors=True)
