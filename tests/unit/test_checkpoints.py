@@ -144,3 +144,22 @@ def test_other_failures_while_saving_are_raised_as_they_are(tmp_path):
     with pytest.raises(ValueError, match="a bug in a writer"):
         checkpoints.write(tmp_path, 0, broken)
     assert checkpoints.resumable(tmp_path) == []  # never marked complete
+
+
+def test_a_disk_that_fills_at_the_manifest_is_named_too(tmp_path, monkeypatch):
+    """Seen on a real 150 MB filesystem: the weights fitted, the manifest did not."""
+    import errno
+
+    checkpoints.write(tmp_path, 0, save_with(b"a" * 10))
+    real = checkpoints.write_json
+
+    def write_json(path: Path, data: dict) -> None:
+        if path.name == checkpoints.MANIFEST:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(checkpoints, "write_json", write_json)
+    with pytest.raises(CheckpointError, match="step-000001 could not be written"):
+        checkpoints.write(tmp_path, 1, save_with(b"b" * 10))
+    assert not (tmp_path / "step-000001").exists()
+    assert loaded_steps(tmp_path) == [0]
