@@ -1,6 +1,6 @@
 """`metis` ends without the interpreter's finalization (flows.cli.exit_quickly), but only after
-everything a normal exit does first: non-daemon threads joined, atexit handlers run, output
-flushed, and the exit code kept."""
+everything a normal exit does first: thread pools stopped, non-daemon threads joined, atexit
+handlers run, output flushed, and the exit code kept."""
 
 import os
 import subprocess
@@ -10,6 +10,7 @@ from tests.conftest import REPO
 
 PROGRAM = """
 import atexit, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from flows.cli import exit_quickly
 
@@ -21,6 +22,8 @@ def late_writer():
     (out / "thread").write_text("joined")
 
 threading.Thread(target=late_writer).start()
+pool = ThreadPoolExecutor(1)  # an idle worker waits for work until told to stop
+pool.submit(print, "", end="").result()
 print("unflushed", end="")
 exit_quickly(3)
 print("never reached")
@@ -31,7 +34,7 @@ def test_exit_quickly_does_what_a_normal_exit_does_first(tmp_path):
     buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe buffers
     done = subprocess.run(
         [sys.executable, "-c", PROGRAM, str(tmp_path)],
-        cwd=REPO, env=buffered, capture_output=True, text=True, timeout=120,
+        cwd=REPO, env=buffered, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 3, done.stderr[-2000:]
     assert done.stdout == "unflushed"
