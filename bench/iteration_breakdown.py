@@ -65,6 +65,10 @@ def main() -> None:
         help="this machine's whole-model TFLOP/s (bench/roofline.py) to rate each stage against",
     )
     args = parser.parse_args()
+    if any(o.split("=", 1)[0].strip() == "output_dir" for o in args.overrides):
+        parser.error(
+            "use --output-dir, not --set output_dir=...: the report looks for the run there"
+        )
 
     run_dir = args.run_dir
     scratch: Path | None = None  # the folder to remove after the report

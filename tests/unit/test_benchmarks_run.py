@@ -123,3 +123,7 @@ def test_iteration_breakdown_removes_the_run_it_started(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         bench.main()
     assert not started[-1].exists()
+    monkeypatch.setattr(sys, "argv", ["iteration_breakdown.py", "--set", "output_dir=elsewhere"])
+    with pytest.raises(SystemExit):  # the run would land where the report does not look
+        bench.main()
+    assert len(started) == 4
