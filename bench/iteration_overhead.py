@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--work", type=float, nargs="+", default=[0.3, 0.55, 0.8, 1.05, 1.3])
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    from flows.cli import prefect_environment
+    from flows.process import prefect_environment
 
     prefect_environment(tempfile.mkdtemp(prefix="metis-iteration-overhead-"))  # as `metis` does
 

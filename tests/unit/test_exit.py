@@ -1,4 +1,4 @@
-"""`metis` ends without the interpreter's finalization (flows.cli.exit_quickly), but only after
+"""`metis` ends without the interpreter's finalization (flows.process.exit_quickly), but only after
 everything a normal exit does first: thread pools stopped, non-daemon threads joined, atexit
 handlers run, output flushed, and the exit code kept."""
 
@@ -12,7 +12,7 @@ PROGRAM = """
 import atexit, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from flows.cli import exit_quickly
+from flows.process import exit_quickly
 
 out = Path(sys.argv[1])
 atexit.register(lambda: (out / "atexit").write_text("ran"))
