@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from flows.process import exit_quickly, prefect_environment
+from flows.process import exit_quickly, prefect_environment, start_temporary_server
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from metis_core.trainer_config import TrainerConfig
 
 EPILOG = """
@@ -290,11 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in service_environment(cfg.output_dir).items():  # `metis services up`
         os.environ.setdefault(key, value)
     prefect_environment(str(Path(resume).resolve().parent) if resume else cfg.output_dir)
+    server_ready = start_temporary_server()  # (flows/process.py) beside the imports below
     if args.command == "eval":
-        return _eval(args)
+        return _eval(args, server_ready)
     from flows.train import Preempted, train
     from metis_core.checkpoints import CheckpointError
 
+    server_ready()
     try:
         run_dir = train(
             config_file=args.config,
@@ -327,8 +331,10 @@ def _compare(args: argparse.Namespace, output_dir: str, name: str) -> int:
     # before anything imports Prefect, which reads its settings once, at import: its stage
     # caches and temporary server live with the comparison it resumes
     prefect_environment(out)
+    server_ready = start_temporary_server()
     from flows.compare import compare
 
+    server_ready()
     compare(
         config_file=args.config,
         overrides=args.overrides,
@@ -351,13 +357,14 @@ def _trainer_node(node_rank: int, trainer: TrainerConfig) -> int:
     return 2
 
 
-def _eval(args: argparse.Namespace) -> int:
+def _eval(args: argparse.Namespace, server_ready: Callable[[], None]) -> int:
     from flows.evaluate import evaluate
     from metis_core.evaluation import EvalError
 
     if args.samples < 1:
         print("metis: --samples must be >= 1", file=sys.stderr)
         return 2
+    server_ready()
     try:
         out = evaluate(
             checkpoint=args.checkpoint,

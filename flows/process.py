@@ -1,10 +1,13 @@
 """The `metis` process's surroundings: Prefect's environment, set before Prefect is imported,
-and a quick exit once a command has finished."""
+its temporary server, started beside the imports, and a quick exit once a command has finished."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -22,6 +25,33 @@ def prefect_environment(output_dir: str) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
+
+
+def start_temporary_server() -> Callable[[], None]:
+    """Start Prefect's temporary server now, in the background, and return `ready`, which waits
+    until it answers. Call it after `prefect_environment`, go on with the imports, and call
+    `ready()` before the first flow: the server's process starts (its imports, its database)
+    on the other core while this one imports torch, vLLM and the flows, instead of after them.
+    With PREFECT_API_URL set (a real server) nothing starts. If the start fails, `ready()`
+    returns all the same and Prefect starts the server itself at the first flow, raising what
+    it raises there."""
+    if os.environ.get("PREFECT_API_URL"):
+        return lambda: None
+    # Imported here, not in the thread: two threads importing at once can each be handed the
+    # other's half-initialised module. Prefect's client imports it at the first flow anyway.
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance Prefect's client finds (no PREFECT_API_URL)
+
+    def start() -> None:
+        with contextlib.suppress(Exception):  # retried, and reported, by Prefect at the first flow
+            server.start()
+
+    # not a daemon: an exit before `ready()` still waits until the server answers and its stop at
+    # exit is registered, so no server outlives this process
+    starting = threading.Thread(target=start, name="metis-prefect-server")
+    starting.start()
+    return starting.join
 
 
 def exit_quickly(code: int) -> None:
