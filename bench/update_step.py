@@ -18,6 +18,7 @@ left out: compare it with bench/roofline.py's whole-model rate.
     .venv/bin/python bench/update_step.py --steps 5 --set precision=fp32
     .venv/bin/python bench/update_step.py --steps 2 --shape bfcl --set micro_batch_tokens=8192
     .venv/bin/python bench/update_step.py --steps 3 --set precision=bf16 --profile 25
+    .venv/bin/python bench/update_step.py --steps 2 --model <HF folder>   # another model
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def main() -> None:
     parser.add_argument("--shape", choices=["default", "earlier", "bfcl"], default="default")
     parser.add_argument("--vary", action="store_true", help="a new batch every step")
     parser.add_argument(
+        "--model", default="embedded:smollm2-135m-instruct",
+        help="the policy: the embedded default, or an HF folder (a tiny one for a smoke run)",
+    )  # fmt: skip
+    parser.add_argument(
         "--profile", type=int, default=0, metavar="ROWS",
         help="profile the last step with torch.profiler and print its top ROWS operators",
     )  # fmt: skip
@@ -65,7 +70,7 @@ def main() -> None:
     configure_runtime_environment()
     cfg = load_config(overrides=[f"trainer.{o}" for o in args.overrides]).trainer
     trainer = PolicyTrainer(
-        resolve_model("embedded:smollm2-135m-instruct"),
+        resolve_model(args.model),
         cfg,
         max_response_tokens=24,
     )
