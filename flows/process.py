@@ -32,10 +32,15 @@ def start_temporary_server() -> Callable[[], None]:
     until it answers. Call it after `prefect_environment`, go on with the imports, and call
     `ready()` before the first flow: the server's process starts (its imports, its database)
     on the other core while this one imports torch, vLLM and the flows, instead of after them.
-    With PREFECT_API_URL set (a real server) nothing starts. If the start fails, `ready()`
-    returns all the same and Prefect starts the server itself at the first flow, raising what
-    it raises there."""
-    if os.environ.get("PREFECT_API_URL"):
+    Nothing starts where Prefect would not start one: PREFECT_API_URL set (a real server), in
+    the environment or in the active Prefect profile, or the temporary server turned off
+    (PREFECT_SERVER_ALLOW_EPHEMERAL_MODE=false). If the start fails, `ready()` returns all the
+    same and Prefect starts the server itself at the first flow, raising what it raises there."""
+    if os.environ.get("PREFECT_API_URL"):  # before importing Prefect: it need not be, then
+        return lambda: None
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
         return lambda: None
     # Imported here, not in the thread: two threads importing at once can each be handed the
     # other's half-initialised module. Prefect's client imports it at the first flow anyway.

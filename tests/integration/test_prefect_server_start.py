@@ -1,6 +1,7 @@
 """Prefect's temporary server is started early, beside the imports (flows.process.
 start_temporary_server): the flow then runs on that same server, no second one starts, and no
-server outlives the process, even one that exits before the server answered."""
+server outlives the process, even one that exits before the server answered; none starts where
+Prefect would not start one."""
 
 import json
 import os
@@ -47,6 +48,17 @@ time.sleep(float(sys.argv[2]))
 sys.exit(5)
 """
 
+NOT_STARTED = """
+import json, sys
+from flows.process import prefect_environment, start_temporary_server
+
+prefect_environment(sys.argv[1])
+start_temporary_server()()
+from prefect.server.api.server import SubprocessASGIServer
+
+print(json.dumps(len(SubprocessASGIServer._instances)))
+"""
+
 
 def _environment() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
@@ -90,4 +102,23 @@ def test_no_server_outlives_a_process_that_exits_before_it_answered(tmp_path, de
     )  # fmt: skip
     assert done.returncode == 5, done.stderr[-3000:]
     time.sleep(1)
+    assert _processes_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["profile", "no temporary server"])
+def test_none_starts_where_prefect_would_not_start_one(tmp_path, where):
+    env = _environment()
+    if where == "profile":  # `prefect config set PREFECT_API_URL=...`: a real server, by profile
+        (tmp_path / ".prefect").mkdir()
+        (tmp_path / ".prefect" / "profiles.toml").write_text(
+            'active = "remote"\n[profiles.remote]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\n'
+        )
+    else:
+        env["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "false"
+    done = subprocess.run(
+        [sys.executable, "-c", NOT_STARTED, str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "0"
     assert _processes_under(tmp_path) == []
