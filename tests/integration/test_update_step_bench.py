@@ -1,6 +1,6 @@
 """bench/update_step.py runs: the tiny test model under DeepSpeed, two updates on new batches of
-the default's shape (the benchmark's own model, the embedded SmolLM2, took 77 s here on 2
-AVX-512 cores without bf16). How fast they are belongs in docs/BENCHMARKS.md."""
+the default's shape (on the benchmark's own model, the embedded SmolLM2, this test took 77 s on
+2 AVX-512 cores without bf16). How fast they are belongs in docs/BENCHMARKS.md."""
 
 import re
 import subprocess
