@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -30,6 +31,26 @@ def _configure_environment() -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    # vLLM's own logging set-up is a `dictConfig`, which first flushes and closes every handler
+    # of the process. Prefect's API log handler, flushed under logging's lock, waits out its 5 s
+    # timeout there: 5-6 s of every engine start (docs/BENCHMARKS.md). vLLM's loggers get the
+    # same level and stream here instead, and nobody else's handlers are touched.
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    if os.environ["VLLM_CONFIGURE_LOGGING"] == "0":
+        _vllm_logger(os.environ["VLLM_LOGGING_LEVEL"])
+
+
+def _vllm_logger(level: str) -> None:
+    """What vLLM's default logging set-up does for its own loggers: `level`, to stderr, not
+    passed on to the root logger. Left alone if someone has configured it already."""
+    vllm_log = logging.getLogger("vllm")
+    if vllm_log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    vllm_log.addHandler(handler)
+    vllm_log.setLevel(level)
+    vllm_log.propagate = False
 
 
 def _on_cpu() -> bool:
