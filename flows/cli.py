@@ -297,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         return _eval(args, server_ready)
     from flows.train import Preempted, train
     from metis_core.checkpoints import CheckpointError
+    from metis_core.launch import import_run_libraries
 
+    import_run_libraries(cfg)  # while the server starts
     server_ready()
     try:
         run_dir = train(

@@ -34,6 +34,25 @@ def configure_runtime_environment() -> None:
     os.environ.setdefault("DS_DISABLE_NINJA_WARNING", "1")
 
 
+def import_run_libraries(cfg: RunConfig) -> None:
+    """Import what a run loads first (transformers, MLflow, and vLLM where the engine shares
+    this process), each after its variables are set. `metis train` calls this while Prefect's
+    temporary server starts on the other core (flows/process.py), so that these 10-13 s of
+    imports (2 cores) overlap its start instead of following it."""
+    configure_runtime_environment()
+    import transformers  # noqa: F401
+
+    from metis_core.tracking.mlflow_tracker import mlflow_environment
+
+    mlflow_environment()
+    import mlflow.tracking  # noqa: F401
+
+    if cfg.model.engine == "in_process":
+        from metis_core.engine.vllm_engine import import_vllm
+
+        import_vllm()
+
+
 def new_run_id(cfg: RunConfig) -> str:
     return f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 

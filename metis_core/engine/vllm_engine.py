@@ -27,6 +27,13 @@ from metis_core.ports import Completion
 log = logging.getLogger(__name__)
 
 
+def import_vllm() -> None:
+    """Import vLLM after setting its environment: what starting an engine begins with."""
+    _configure_environment()
+    # `import vllm` alone is not enough: vllm.LLM, most of the cost, is imported on first access
+    from vllm import LLM  # noqa: F401
+
+
 def _configure_environment() -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")

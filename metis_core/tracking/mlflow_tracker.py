@@ -104,14 +104,19 @@ def tracking_uri_for(cfg: RunConfig, recorded: str | None = None) -> str:
     )
 
 
+def mlflow_environment(tracking_uri: str | None = None) -> None:
+    """MLflow's variables, set before it is imported."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if tracking_uri and tracking_uri.startswith(("http://", "https://")):
+        # MLflow's defaults retry a refused call for minutes; a training step should not wait
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        if tracking_uri.startswith(("http://", "https://")):
-            # MLflow's defaults retry a refused call for minutes; a training step should not wait
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        mlflow_environment(tracking_uri)
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
