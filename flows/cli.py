@@ -14,6 +14,7 @@ from flows.process import exit_quickly, prefect_environment, start_temporary_ser
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from metis_core.config import RunConfig
     from metis_core.trainer_config import TrainerConfig
 
 EPILOG = """
@@ -284,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"metis: {err}", file=sys.stderr)
             return 2
     if args.command == "compare":
-        return _compare(args, cfg.output_dir, cfg.name)
+        return _compare(args, cfg)
+    if args.command == "eval" and (problem := _eval_arguments_problem(args)):
+        print(f"metis: {problem}", file=sys.stderr)  # before any server or library starts
+        return 2
     # a resumed run's temporary Prefect server keeps its database where the run started
     resume = getattr(args, "resume", None)
     from flows.services import service_environment
@@ -294,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     prefect_environment(str(Path(resume).resolve().parent) if resume else cfg.output_dir)
     server_ready = start_temporary_server()  # (flows/process.py) beside the imports below
     if args.command == "eval":
-        return _eval(args, server_ready)
+        return _eval(args, cfg, server_ready)
     from flows.train import Preempted, train
     from metis_core.checkpoints import CheckpointError
     from metis_core.launch import import_run_libraries
@@ -321,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _compare(args: argparse.Namespace, output_dir: str, name: str) -> int:
+def _compare(args: argparse.Namespace, cfg: RunConfig) -> int:
     from metis_core.comparison import ComparisonError, check_plan
 
     try:
@@ -329,13 +333,15 @@ def _compare(args: argparse.Namespace, output_dir: str, name: str) -> int:
     except ComparisonError as err:
         print(f"metis: {err}", file=sys.stderr)
         return 2
-    out = args.output or str(Path(output_dir) / f"compare-{name}")
+    out = args.output or str(Path(cfg.output_dir) / f"compare-{cfg.name}")
     # before anything imports Prefect, which reads its settings once, at import: its stage
     # caches and temporary server live with the comparison it resumes
     prefect_environment(out)
     server_ready = start_temporary_server()
     from flows.compare import compare
+    from metis_core.launch import import_run_libraries
 
+    import_run_libraries(cfg)  # while the server starts
     server_ready()
     compare(
         config_file=args.config,
@@ -359,13 +365,24 @@ def _trainer_node(node_rank: int, trainer: TrainerConfig) -> int:
     return 2
 
 
-def _eval(args: argparse.Namespace, server_ready: Callable[[], None]) -> int:
-    from flows.evaluate import evaluate
-    from metis_core.evaluation import EvalError
+def _eval_arguments_problem(args: argparse.Namespace) -> str | None:
+    from metis_core.evaluation import EvalError, check_benchmark_names
 
     if args.samples < 1:
-        print("metis: --samples must be >= 1", file=sys.stderr)
-        return 2
+        return "--samples must be >= 1"
+    try:
+        check_benchmark_names(args.benchmarks or [])
+    except EvalError as err:
+        return str(err)
+    return None
+
+
+def _eval(args: argparse.Namespace, cfg: RunConfig, server_ready: Callable[[], None]) -> int:
+    from flows.evaluate import evaluate
+    from metis_core.evaluation import EvalError
+    from metis_core.launch import import_run_libraries
+
+    import_run_libraries(cfg)  # while the server starts
     server_ready()
     try:
         out = evaluate(

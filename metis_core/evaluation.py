@@ -12,6 +12,7 @@ checkpoint's HF export); or an MLflow run id of a training run (its `metis.lates
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,18 @@ def resolve_checkpoint(spec: str) -> Checkpoint:
     )
 
 
+def check_benchmark_names(names: Sequence[str]) -> None:
+    """EvalError for a name that is neither `heldout` nor declared by a domain. Loads nothing,
+    so `metis eval` says so at once."""
+    for name in names:
+        if name == "heldout":
+            continue
+        try:
+            benchmark(name)
+        except KeyError:
+            raise EvalError(f"unknown benchmark {name!r}; use {benchmark_help()}") from None
+
+
 def benchmark_rows(name: str, *, limit: int | None, seed: int, pool: Any = None) -> list[dict]:
     """Pool-style rows (with prompt_id) of one benchmark; `pool` is the run's pool for `heldout`.
     Every other benchmark is declared by a domain (metis_core/domains/)."""
@@ -72,10 +85,8 @@ def benchmark_rows(name: str, *, limit: int | None, seed: int, pool: Any = None)
         held = [dict(r) for r in pool if r["split"] == "heldout"]
         rows = spread_over_domains(held, limit or len(held))
     else:
-        try:
-            bench, argument = benchmark(name)
-        except KeyError:
-            raise EvalError(f"unknown benchmark {name!r}; use {benchmark_help()}") from None
+        check_benchmark_names([name])
+        bench, argument = benchmark(name)
         try:
             rows = bench.rows(argument, limit, seed)
         except ValueError as err:

@@ -63,20 +63,6 @@ def test_tracking_scale_runs(tmp_path):
         assert early > 0 and late > 0, line
 
 
-def test_engine_overhead_runs(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "bench/engine_overhead.py", "--tiny", "--steps", "1",
-         "--output-dir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = {r.split("|")[1].strip(): r.split("|")[2:-1] for r in done.stdout.splitlines()
-            if r.startswith(("| judge", "| rollout"))}  # fmt: skip
-    assert set(rows) == {"judge", "rollout"}
-    for stage_s, bare_s, tokens, ratio in rows.values():
-        assert float(stage_s) > 0 and float(bare_s) > 0 and int(tokens) > 0 and float(ratio) > 0
-
-
 def test_iteration_overhead_runs():
     done = subprocess.run(
         [sys.executable, "bench/iteration_overhead.py", "--work", "0.1", "--repeat", "1"],
