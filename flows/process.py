@@ -27,6 +27,16 @@ def prefect_environment(output_dir: str) -> None:
     os.environ.setdefault("PREFECT_RESULTS_PERSIST_BY_DEFAULT", "false")
 
 
+def on_prefect_server() -> bool:
+    """Whether Prefect talks to a server of its own (PREFECT_API_URL, set in the environment or
+    in the active Prefect profile) rather than a temporary one it starts."""
+    if os.environ.get("PREFECT_API_URL"):  # before importing Prefect: it need not be, then
+        return True
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
 def start_temporary_server() -> Callable[[], None]:
     """Start Prefect's temporary server now, in the background, and return `ready`, which waits
     until it answers. Call it after `prefect_environment`, go on with the imports, and call
@@ -36,11 +46,11 @@ def start_temporary_server() -> Callable[[], None]:
     the environment or in the active Prefect profile, or the temporary server turned off
     (PREFECT_SERVER_ALLOW_EPHEMERAL_MODE=false). If the start fails, `ready()` returns all the
     same and Prefect starts the server itself at the first flow, raising what it raises there."""
-    if os.environ.get("PREFECT_API_URL"):  # before importing Prefect: it need not be, then
+    if on_prefect_server():
         return lambda: None
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
+    from prefect.settings import PREFECT_SERVER_ALLOW_EPHEMERAL_MODE
 
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+    if not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
         return lambda: None
     # Imported here, not in the thread: two threads importing at once can each be handed the
     # other's half-initialised module. Prefect's client imports it at the first flow anyway.

@@ -26,6 +26,7 @@ from prefect.states import Crashed, State
 from tqdm.auto import tqdm
 
 from flows.iterations import as_iteration, close_orphaned_iterations
+from flows.process import on_prefect_server
 from metis_core.checkpoints import tag_of
 from metis_core.config_loading import load_config
 from metis_core.failpoints import failpoint
@@ -245,7 +246,7 @@ def _machine_slot() -> contextlib.AbstractContextManager[object]:
     up` makes it, limit 1), a training run waits for its slot, so two runs never share one
     machine's cores or accelerator by accident; the lease lapses 60 s after a crashed run. No
     limit on the server, or a temporary server: no waiting."""
-    if not os.environ.get("PREFECT_API_URL"):
+    if not on_prefect_server():  # the URL in the environment or in the active Prefect profile
         return contextlib.nullcontext()
     from prefect.concurrency.sync import concurrency
 

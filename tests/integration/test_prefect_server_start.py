@@ -1,7 +1,8 @@
 """Prefect's temporary server is started early, beside the imports (flows.process.
 start_temporary_server): the flow then runs on that same server, no second one starts, and no
 server outlives the process, even one that exits before the server answered; none starts where
-Prefect would not start one."""
+Prefect would not start one, and where that is a server named by a Prefect profile, a training
+run takes the machine's slot there as it does on a server named by the environment."""
 
 import json
 import os
@@ -54,8 +55,9 @@ from flows.process import prefect_environment, start_temporary_server
 prefect_environment(sys.argv[1])
 start_temporary_server()()
 from prefect.server.api.server import SubprocessASGIServer
+from flows.train import _machine_slot
 
-print(json.dumps(len(SubprocessASGIServer._instances)))
+print(json.dumps([len(SubprocessASGIServer._instances), type(_machine_slot()).__name__]))
 """
 
 
@@ -119,5 +121,8 @@ def test_none_starts_where_prefect_would_not_start_one(tmp_path, where):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == "0"
+    servers, slot = json.loads(done.stdout.strip().splitlines()[-1])
+    assert servers == 0
+    # a run on the profile's server takes the machine's slot (its global concurrency limit)
+    assert slot == ("nullcontext" if where == "no temporary server" else "_GeneratorContextManager")
     assert _processes_under(tmp_path) == []
