@@ -41,9 +41,11 @@ def _configure_environment() -> None:
     # vLLM's own logging set-up is a `dictConfig`, which first flushes and closes every handler
     # of the process. Prefect's API log handler, flushed under logging's lock, waits out its 5 s
     # timeout there: 5-6 s of every engine start (docs/BENCHMARKS.md). vLLM's loggers get the
-    # same level and stream here instead, and nobody else's handlers are touched.
-    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
-    if os.environ["VLLM_CONFIGURE_LOGGING"] == "0":
+    # same level and stream here instead, and nobody else's handlers are touched. A logging
+    # config file of the user's (VLLM_LOGGING_CONFIG_PATH) needs vLLM's set-up: it is kept then.
+    if not os.environ.get("VLLM_LOGGING_CONFIG_PATH"):
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+    if os.environ.get("VLLM_CONFIGURE_LOGGING") == "0":
         _vllm_logger(os.environ["VLLM_LOGGING_LEVEL"])
 
 

@@ -4,8 +4,17 @@ Prefect's handler wait out its 5 s flush timeout at each start; vLLM's own logge
 errors, and only errors by default."""
 
 import logging
+import os
 
 from metis_core.engine import vllm_engine
+
+
+def clean_vllm_environment(monkeypatch) -> None:
+    """The variables the engine sets, unset for the test and restored after it."""
+    for name in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "VLLM_LOGGING_LEVEL",
+                 "VLLM_CONFIGURE_LOGGING", "VLLM_LOGGING_CONFIG_PATH"):  # fmt: skip
+        monkeypatch.setenv(name, "")  # (so that the teardown puts back what was there before)
+        monkeypatch.delenv(name)
 
 
 class Sentinel(logging.Handler):
@@ -23,8 +32,7 @@ class Sentinel(logging.Handler):
 
 
 def test_engine_start_leaves_other_handlers_open(monkeypatch, capfd):
-    for name in ("VLLM_CONFIGURE_LOGGING", "VLLM_LOGGING_LEVEL"):
-        monkeypatch.delenv(name, raising=False)
+    clean_vllm_environment(monkeypatch)
     vllm_log = logging.getLogger("vllm")
     for attribute, value in (("handlers", []), ("level", vllm_log.level), ("propagate", True)):
         monkeypatch.setattr(vllm_log, attribute, value)
@@ -49,3 +57,15 @@ def test_engine_start_leaves_other_handlers_open(monkeypatch, capfd):
         assert sentinel.records == ["still heard"]  # vLLM's loggers keep to their own handler
     finally:
         root.removeHandler(sentinel)
+
+
+def test_a_users_vllm_logging_config_file_is_still_applied(monkeypatch, tmp_path):
+    """VLLM_LOGGING_CONFIG_PATH needs vLLM's own set-up; it is not turned off then (vLLM refuses
+    a config file with its set-up off)."""
+    clean_vllm_environment(monkeypatch)
+    config = tmp_path / "logging.json"
+    config.write_text('{"version": 1, "disable_existing_loggers": false}')
+    monkeypatch.setenv("VLLM_LOGGING_CONFIG_PATH", str(config))
+    vllm_engine._configure_environment()
+    assert "VLLM_CONFIGURE_LOGGING" not in os.environ  # vLLM's default: its set-up, on
+    # (not applied here: vLLM's dictConfig would close this test process's handlers, pytest's too)
