@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test suite: lint, unit tests, then integration tests with real vLLM/DeepSpeed/DuckDB/MLflow/
 # Prefect on a tiny model, then the slow tier (the real SmolLM2, resume after a kill, the services
-# walkthrough), in that order (tests/conftest.py). pytest takes 28 minutes on 2 AVX-512 cores (a
-# fresh clone, 2026-12-03); before that day's start-up changes, 26 on 2 AMX cores and 55 on 2
+# walkthrough), in that order (tests/conftest.py). pytest takes 28-36 minutes on 2 AVX-512 cores
+# (fresh clones, 2026-12-03); before that day's start-up changes, 26 on 2 AMX cores and 55 on 2
 # AVX2-only ones. METIS_TEST_MARKERS selects tiers, e.g.
 # "not slow"; pytest's exit code 5 (nothing selected) is not a failure. Under CI (CI=true) slow
 # tests not started within METIS_TEST_BUDGET_MIN minutes (default 65) are skipped, each saying
