@@ -36,9 +36,9 @@ def configure_runtime_environment() -> None:
 
 def import_run_libraries(cfg: RunConfig) -> None:
     """Import what a run loads first (transformers, MLflow, and vLLM where the engine shares
-    this process), each after its variables are set. `metis train` calls this while Prefect's
-    temporary server starts on the other core (flows/process.py), so that these 10-13 s of
-    imports (2 cores) overlap its start instead of following it."""
+    this process), each after its variables are set. `metis train`, `eval` and `compare` call
+    this while Prefect's temporary server starts on the other core (flows/process.py), so that
+    these 10-13 s of imports (2 cores) overlap its start instead of following it."""
     configure_runtime_environment()
     import transformers  # noqa: F401
 
