@@ -43,11 +43,26 @@ def init_single_process_distributed() -> None:
     """torch.distributed for the trainer (gloo on CPU, nccl on GPU): world size 1 on this
     machine, unless a launcher set RANK, WORLD_SIZE and MASTER_ADDR/PORT. Call it inside
     `single_process_environment`."""
-    import deepspeed
-
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        init_deepspeed_distributed()
     _forget_destroyed_groups()
+
+
+def init_deepspeed_distributed(**options: Any) -> None:
+    """`deepspeed.init_distributed` (gloo on CPU, nccl on GPU) without its shared-memory all-reduce.
+
+    DeepSpeed's CPU backend JIT-compiles that op (`deepspeed_shm_comm`, ninja and g++: 35 s on 2
+    cores) the first time a process on a machine starts, for its tensor-parallel inference layers
+    alone: training's collectives go through torch.distributed. metis never uses those layers, so
+    the op is marked unusable first, in the table DeepSpeed keeps for that. That saves the compile
+    on a fresh machine, and it removes a hang: a run killed mid-compile leaves torch's build lock
+    file behind, and every later start, the resume included, would wait for it forever."""
+    import deepspeed
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, **options)
 
 
 def across_ranks(values: list[float]) -> tuple[list[float], int]:

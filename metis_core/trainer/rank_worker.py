@@ -235,14 +235,12 @@ def main() -> None:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
+    from metis_core.trainer.distributed import init_deepspeed_distributed
 
     client = os.environ.get("METIS_TRAINER_CLIENT_PID")  # set on node 0, the flow's machine
     client_pid = int(client) if client else None
     threading.Thread(target=_watch, args=(client_pid, os.getppid()), daemon=True).start()
-    deepspeed.init_distributed(
-        dist_backend="nccl" if torch.cuda.is_available() else "gloo", timeout=IDLE_TIMEOUT
-    )
+    init_deepspeed_distributed(timeout=IDLE_TIMEOUT)
     rank = torch.distributed.get_rank()
     conn = None
     if rank == 0:
