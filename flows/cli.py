@@ -84,13 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "eval" and (problem := _eval_arguments_problem(args)):
         print(f"metis: {problem}", file=sys.stderr)  # before any server or library starts
         return 2
-    # a resumed run's temporary Prefect server keeps its database where the run started
     resume = getattr(args, "resume", None)
+    if resume:  # the run's own config decides what to import early (its engine's placement)
+        cfg = _saved_config(Path(resume), cfg)
+    # a resumed run's services and temporary Prefect server are those of the folder it is in
+    home = str(Path(resume).resolve().parent) if resume else cfg.output_dir
     from flows.services import service_environment
 
-    for key, value in service_environment(cfg.output_dir).items():  # `metis services up`
+    for key, value in service_environment(home).items():  # `metis services up`
         os.environ.setdefault(key, value)
-    prefect_environment(str(Path(resume).resolve().parent) if resume else cfg.output_dir)
+    prefect_environment(home)
     server_ready = start_temporary_server()  # (flows/process.py) beside the imports below
     if args.command == "eval":
         return _eval(args, cfg, server_ready)
@@ -116,6 +119,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"metis: run finished: {run_dir}")
     return 0
+
+
+def _saved_config(run_dir: Path, cfg: RunConfig) -> RunConfig:
+    """The config a run was started with (RUN_DIR/config.json), or `cfg` where there is none to
+    read: `train` then says what is wrong with the folder."""
+    from pydantic import ValidationError
+
+    from metis_core.config import RunConfig
+
+    try:
+        return RunConfig.model_validate_json((run_dir / "config.json").read_text())
+    except (OSError, ValidationError):
+        return cfg
 
 
 def _ready_to_run(cfg: RunConfig, server_ready: Callable[[], None]) -> None:

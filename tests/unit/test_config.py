@@ -127,6 +127,35 @@ def test_cli_refuses_overrides_on_resume(capsys):
     assert "--resume continues with the run's saved config" in capsys.readouterr().err
 
 
+def test_a_resumed_run_starts_from_its_saved_config_and_folder(tmp_path, monkeypatch):
+    """`--resume RUN_DIR` readies what the run's own config needs (a run whose engine has its own
+    process does not import vLLM here), with the services of the folder the run is in."""
+    from flows import cli
+
+    run_dir = tmp_path / "elsewhere" / "a-run"
+    run_dir.mkdir(parents=True)
+    saved = load_config(None, ["model.engine=separate"])  # output_dir "runs", not where it is
+    (run_dir / "config.json").write_text(saved.to_json())
+    seen: dict[str, str] = {}
+    from flows import services
+
+    monkeypatch.setattr(
+        services, "service_environment", lambda home: seen.update(services=home) or {}
+    )
+    monkeypatch.setattr(cli, "prefect_environment", lambda home: seen.update(prefect=home))
+    monkeypatch.setattr(cli, "start_temporary_server", lambda: lambda: None)
+
+    def ready(cfg, server_ready):
+        seen["engine"] = cfg.model.engine
+        raise SystemExit(7)
+
+    monkeypatch.setattr(cli, "_ready_to_run", ready)
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--resume", str(run_dir)])
+    home = str(run_dir.parent.resolve())
+    assert seen == {"services": home, "prefect": home, "engine": "separate"}
+
+
 def test_cli_reports_bad_config_without_a_traceback(capsys):
     from flows.cli import main
 
