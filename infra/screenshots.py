@@ -2,8 +2,9 @@
 Prefect flow run with its iterations (nested flow runs), and the last iteration's stage tasks.
 
 Drives the system's headless Chromium (Debian's `chromium`) over the DevTools protocol: opens
-each page, waits until the page's text holds what it must show (then lets the charts settle),
-and writes PAGE.png plus PAGE.txt (the page's visible text, which the tests check):
+each page, waits until the page's text holds what it must show and the page has stopped
+changing (its charts drawn), and writes PAGE.png plus PAGE.txt (the page's visible text, which
+the tests check):
 
     .venv/bin/python infra/screenshots.py --run-dir runs/<run id> --out docs/images
 
@@ -99,42 +100,62 @@ class Browser:
     def type_into(self, placeholder: str, text: str) -> bool:
         """Type `text` into the input with this placeholder; True if there is one."""
         js = f"(() => {{ const e = document.querySelector('input[placeholder={json.dumps(placeholder)}]');"
-        js += " if (e) { e.focus(); return true } return false })()"
+        # no blinking caret: the page must be able to look the same twice in a row (`settled`)
+        js += " if (e) { e.style.caretColor = 'transparent'; e.focus(); return true } return false })()"
         found = self.call("Runtime.evaluate", expression=js, returnByValue=True)
         if found.get("result", {}).get("value"):
             self.call("Input.insertText", text=text)
             return True
         return False
 
+    def screenshot(self) -> str | None:
+        """The page as a base64 PNG; None between two documents of a navigation."""
+        try:
+            return str(self.call("Page.captureScreenshot", format="png")["data"])
+        except RuntimeError:  # "Not attached to an active page"
+            return None
+
+    def settled(self, longest: float = 15.0) -> str | None:
+        """Wait until the page looks the same for a second (drawn, its charts' data loaded and
+        animated in), at most `longest` seconds; its screenshot."""
+        shots, deadline = [self.screenshot()], time.monotonic() + longest
+        while time.monotonic() < deadline:
+            last = shots[-3:]
+            if len(last) == 3 and last[0] is not None and len(set(last)) == 1:
+                break
+            time.sleep(0.5)
+            shots.append(self.screenshot())
+        return shots[-1]
+
     def shoot(
-        self, url: str, must_show: list[str], out: Path, settle: float = 4.0,
-        before: list[tuple[str, str]] = (),
+        self, url: str, must_show: list[str], out: Path, before: list[tuple[str, str]] = ()
     ) -> str:  # fmt: skip
-        """Open `url`, do `before` ("click", label) / ("type", placeholder=text) steps, wait (up
-        to 90 s) until its text holds every string of `must_show`, wait `settle` seconds more
-        for charts, write out.png and out.txt; the text."""
+        """Open `url`, do `before` ("click", label) / ("type", placeholder=text) / ("goto", url)
+        steps, each once the page has settled, wait (up to 90 s) until its text holds every
+        string of `must_show` and the page has settled again, write out.png and out.txt; the
+        text."""
         self.call("Page.navigate", url=url)
-        time.sleep(3)
+        self.settled()
         for action, arg in before:
             if action == "goto":
                 self.call("Page.navigate", url=arg)
-                time.sleep(3)
-                continue
-            for _ in range(30):  # the page may still be loading
-                done = self.click(arg) if action == "click" else self.type_into(*arg.split("=", 1))
-                if done:
-                    break
-                time.sleep(1)
-            time.sleep(2)
+            else:
+                deadline = time.monotonic() + 30  # the page may still be loading
+                while not (
+                    self.click(arg) if action == "click" else self.type_into(*arg.split("=", 1))
+                ):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.25)
+            self.settled()
         deadline, text = time.monotonic() + 90, ""
         while time.monotonic() < deadline:
             text = self.text()
             if all(s in text for s in must_show):
                 break
-            time.sleep(1)
-        time.sleep(settle)
+            time.sleep(0.5)
+        png = self.settled() or self.call("Page.captureScreenshot", format="png")["data"]
         text = self.text()
-        png = self.call("Page.captureScreenshot", format="png")["data"]
         out.with_suffix(".png").write_bytes(base64.b64decode(png))
         out.with_suffix(".txt").write_text(text)
         missing = [s for s in must_show if s not in text]
