@@ -113,7 +113,7 @@ def main() -> None:
         model = Path(args.output_dir) / "tiny-llama"
         if not (model / "config.json").is_file():
             make_tiny_llama(model, embedded_tokenizer())
-        overrides += [f"model.path={model}", "model.dtype=float32"]
+        overrides += [f"model.path={model}", "model.dtype=float32", "trainer.precision=fp32"]
     cfg = load_config(args.config, overrides)
     run = open_run(named_run_dir(cfg, f"overhead-{time.strftime('%Y%m%d-%H%M%S')}"))
     engine = run.engine

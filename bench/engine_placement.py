@@ -101,7 +101,7 @@ def main() -> None:
         model = Path(args.output_dir) / "tiny-llama"
         if not (model / "config.json").is_file():
             make_tiny_llama(model, embedded_tokenizer())
-        extra = [f"model.path={model.resolve()}", "model.dtype=float32"]
+        extra = [f"model.path={model.resolve()}", "model.dtype=float32", "trainer.precision=fp32"]
     cfg = load_config(args.config, extra)
     model_dir = Path(resolve_model(cfg.model.path))
 
