@@ -180,6 +180,9 @@ def up(
         starting["prefect"] = _start(cmd, env, folder / "prefect.log")
         state["prefect"] = entry | {"pid": starting["prefect"].pid}
     if "mlflow" not in state:
+        from metis_core.tracking.mlflow_tracker import create_sqlite_store
+
+        create_sqlite_store(f"sqlite:///{out / 'mlflow.db'}")  # whole, before the server opens it
         port = _free_port(host, mlflow_port)
         cmd = [_bin("mlflow"), "server", "--host", host, "--port", str(port),
                "--backend-store-uri", f"sqlite:///{out / 'mlflow.db'}",

@@ -25,6 +25,7 @@ import re
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +89,39 @@ def source_tags() -> dict[str, str]:
     return tags
 
 
+def create_sqlite_store(tracking_uri: str) -> None:
+    """Create the SQLite file of a `sqlite:///PATH` tracking URI whole, if it does not exist yet.
+
+    MLflow builds a new SQLite store table by table and then migration by migration, each step
+    committed on its own (SQLite's driver commits DDL as it goes). A process killed in that second
+    or two leaves a file that no later process can open ("table trace_info already exists"), and
+    every run of the output folder logs there. So the store is built under a temporary name beside
+    it and linked into place complete; whoever links first wins."""
+    if not tracking_uri.startswith("sqlite:///") or "?" in tracking_uri:
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    if path.name in ("", ":memory:") or path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for left in path.parent.glob(f".{path.name}.new-*"):  # from a process killed while building
+        with contextlib.suppress(OSError):
+            if time.time() - left.stat().st_mtime > 600:
+                left.unlink()
+    # a name of its own each time: MLflow caches a store per URI
+    building = path.with_name(f".{path.name}.new-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    mlflow_environment(tracking_uri)
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=f"sqlite:///{building}")  # builds the store
+        with contextlib.suppress(AttributeError):  # (every step is committed already)
+            client._tracking_client.store.engine.dispose()  # its idle connection closed
+        with contextlib.suppress(FileExistsError):  # another process's store is in place
+            os.link(building, path)
+    finally:
+        building.unlink(missing_ok=True)
+
+
 def default_tracking_uri(output_dir: str | Path) -> str:
     return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
 
@@ -116,6 +150,7 @@ def mlflow_environment(tracking_uri: str | None = None) -> None:
 
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path) -> None:
+        create_sqlite_store(tracking_uri)
         mlflow_environment(tracking_uri)
         from mlflow.tracking import MlflowClient
 
