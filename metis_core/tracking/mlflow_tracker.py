@@ -116,8 +116,13 @@ def create_sqlite_store(tracking_uri: str) -> None:
         client = MlflowClient(tracking_uri=f"sqlite:///{building}")  # builds the store
         with contextlib.suppress(AttributeError):  # (every step is committed already)
             client._tracking_client.store.engine.dispose()  # its idle connection closed
-        with contextlib.suppress(FileExistsError):  # another process's store is in place
+        try:
             os.link(building, path)
+        except FileExistsError:  # another process's store is in place
+            pass
+        except OSError:  # a file system without hard links: a rename, unless one is there
+            if not path.exists():
+                building.rename(path)
     finally:
         building.unlink(missing_ok=True)
 

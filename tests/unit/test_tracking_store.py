@@ -55,3 +55,14 @@ def test_a_new_store_opens_and_what_a_killed_build_left_is_cleared(tmp_path):
     before = (tmp_path / "mlflow.db").stat().st_mtime_ns
     create_sqlite_store(f"sqlite:///{tmp_path / 'mlflow.db'}")  # there already: left alone
     assert (tmp_path / "mlflow.db").stat().st_mtime_ns == before
+
+
+def test_a_file_system_without_hard_links_gets_the_store_by_rename(tmp_path, monkeypatch):
+    def no_links(*_args):
+        raise PermissionError("hard links are not supported here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    create_sqlite_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [p.name for p in tmp_path.iterdir()] == ["mlflow.db"]
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "metis", tmp_path / "mlartifacts")
+    assert tracker.client.get_experiment_by_name("metis") is not None
