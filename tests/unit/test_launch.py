@@ -1,5 +1,6 @@
 """Opening a run: a start that fails leaves no MLflow run RUNNING; nor does a kill between a run's
-last step and its end reaching MLflow."""
+last step and its end reaching MLflow; a kill before the run's MLflow id reached run.json leaves
+one MLflow run, not two."""
 
 import json
 
@@ -64,3 +65,36 @@ def test_a_finished_run_whose_mlflow_server_is_down_is_left_as_it_is(
     mark_finished(run_dir)
     close_finished_run(run_dir)  # says so, does not raise
     assert "could not check finished-elsewhere's MLflow run" in caplog.text
+
+
+def test_a_run_killed_before_it_wrote_its_mlflow_run_id_keeps_one_mlflow_run(
+    tiny_model, tmp_path, monkeypatch
+):
+    from metis_core import launch
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = RunConfig.model_validate(
+        {"model": {"path": str(tiny_model)}, "output_dir": str(tmp_path), "system_metrics": False}
+    )
+    run_dir = prepare_run_dir(cfg, "killed-early")
+
+    class Killed(BaseException):
+        """What a SIGKILL right after MLflow made the run leaves: its id not in run.json."""
+
+    start = Tracker.start
+
+    def start_then_killed(self, *args, **kwargs):
+        start(self, *args, **kwargs)
+        raise Killed
+
+    monkeypatch.setattr(Tracker, "start", start_then_killed)
+    with pytest.raises(Killed):
+        open_run(run_dir)
+    assert "mlflow_run_id" not in json.loads((run_dir / "run.json").read_text())
+
+    monkeypatch.setattr(Tracker, "start", start)
+    monkeypatch.setattr(launch, "_start_parts", lambda *parts: "engine, trainer, store")
+    assert open_run(run_dir) == "engine, trainer, store"  # the rerun of the same command
+    client, mlflow_id = mlflow_run(run_dir)
+    experiment = client.get_experiment_by_name(cfg.experiment).experiment_id
+    assert [r.info.run_id for r in client.search_runs([experiment])] == [mlflow_id]
