@@ -126,10 +126,10 @@ def _saved_config(run_dir: Path, cfg: RunConfig) -> RunConfig:
     read: `train` then says what is wrong with the folder."""
     from pydantic import ValidationError
 
-    from metis_core.config import RunConfig
+    from metis_core.config import saved_run_config
 
     try:
-        return RunConfig.model_validate_json((run_dir / "config.json").read_text())
+        return saved_run_config(run_dir)
     except (OSError, ValidationError):
         return cfg
 

@@ -28,7 +28,7 @@ from metis_core.comparison import (
     default_target,
     table_markdown,
 )
-from metis_core.config import RunConfig
+from metis_core.config import RunConfig, saved_run_config
 from metis_core.config_loading import changed_settings, load_config
 from metis_core.launch import close_finished_run, is_finished, prepare_run_dir
 from metis_core.run import read_json, write_json
@@ -117,7 +117,7 @@ def summarise(comparison: dict, target: float | None) -> dict:
         run_dir = Path(folder)
         if not is_finished(run_dir):
             continue
-        cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+        cfg = saved_run_config(run_dir)
         store = OutcomeStore(run_dir / "history.duckdb")
         metrics = store.step_metrics(run_dir.name)
         curves.append(

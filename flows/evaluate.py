@@ -18,7 +18,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from tqdm.auto import tqdm
 
-from metis_core.config import RunConfig
+from metis_core.config import RunConfig, saved_run_config
 from metis_core.config_loading import load_config
 from metis_core.evaluation import (
     Checkpoint,
@@ -97,7 +97,7 @@ def evaluate(
     run_dir = ckpt.run_dir
     cfg = base
     if run_dir is not None and not (config_file or overrides):
-        cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+        cfg = saved_run_config(run_dir)
     pool = None
     if run_dir is not None and (run_dir / "pool.parquet").is_file():
         from datasets import Dataset

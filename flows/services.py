@@ -180,12 +180,13 @@ def up(
         starting["prefect"] = _start(cmd, env, folder / "prefect.log")
         state["prefect"] = entry | {"pid": starting["prefect"].pid}
     if "mlflow" not in state:
-        from metis_core.tracking.mlflow_tracker import create_sqlite_store
+        from metis_core.tracking.mlflow_tracker import create_sqlite_store, default_tracking_uri
 
-        create_sqlite_store(f"sqlite:///{out / 'mlflow.db'}")  # whole, before the server opens it
+        store = default_tracking_uri(out)  # the store runs write to when no server answers
+        create_sqlite_store(store)  # whole, before the server opens it
         port = _free_port(host, mlflow_port)
         cmd = [_bin("mlflow"), "server", "--host", host, "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{out / 'mlflow.db'}",
+               "--backend-store-uri", store,
                "--artifacts-destination", str(out / "mlartifacts")]  # fmt: skip
         env = {"MLFLOW_DISABLE_TELEMETRY": "true"}
         starting["mlflow"] = _start(cmd, env, folder / "mlflow.log")

@@ -8,6 +8,7 @@ Reading them (and `--set` overrides) is metis_core/config_loading.py.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
@@ -371,3 +372,8 @@ class RunConfig(_Section):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
+
+
+def saved_run_config(run_dir: Path) -> RunConfig:
+    """The config a run was started with (RUN_DIR/config.json)."""
+    return RunConfig.model_validate_json((run_dir / "config.json").read_text())

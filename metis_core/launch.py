@@ -12,7 +12,7 @@ from datasets import Dataset
 
 from metis_core import checkpoints
 from metis_core.algorithms import MovingAverageBaseline
-from metis_core.config import RunConfig
+from metis_core.config import RunConfig, saved_run_config
 from metis_core.config_loading import ConfigError, changed_settings, flat_params
 from metis_core.data.pool import DatasetError, build_pool
 from metis_core.model.weights import cache_dir, resolve_model
@@ -97,7 +97,7 @@ def named_run_dir(cfg: RunConfig, run_id: str) -> Path:
     """
     saved = Path(cfg.output_dir) / run_id / "config.json"
     if saved.is_file():
-        changed = changed_settings(RunConfig.model_validate_json(saved.read_text()), cfg)
+        changed = changed_settings(saved_run_config(saved.parent), cfg)
         if changed:
             raise ConfigError(
                 f"run {run_id!r} exists with another config ({', '.join(changed[:6])} differ); "
@@ -133,7 +133,7 @@ def close_finished_run(run_dir: Path) -> None:
     info = read_json(run_dir / "run.json")
     if not info.get("mlflow_run_id"):
         return
-    cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+    cfg = saved_run_config(run_dir)
     try:
         tracker = run_tracker(cfg, info.get("tracking_uri"))
         running = tracker.client.get_run(info["mlflow_run_id"]).info.status == "RUNNING"
@@ -160,7 +160,7 @@ def check_sandbox(cfg: RunConfig) -> None:
 def open_run(run_dir: Path) -> Run:
     """Load every live part of the run in `run_dir`; resume from its latest checkpoint if any."""
     configure_runtime_environment()
-    cfg = RunConfig.model_validate_json((run_dir / "config.json").read_text())
+    cfg = saved_run_config(run_dir)
     check_sandbox(cfg)
     run_id = run_dir.name
     pool = Dataset.from_parquet(str(run_dir / "pool.parquet"))
