@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SESSION_START = time.monotonic()
+# When the suite started, in epoch seconds: infra/run_tests.sh sets METIS_TEST_STARTED once for both
+# of its pytest runs (the serial tests, then the rest in parallel workers that start later).
+SESSION_START = float(os.environ.get("METIS_TEST_STARTED") or time.time())
 
 
 def _tier(item: pytest.Item) -> int:
@@ -37,13 +39,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: module_tier[item.module.__name__])
 
 
+def require_alone(why: str) -> None:
+    """Fail a machine-wide check running beside other tests (in a pytest-xdist worker): what it
+    sees may be theirs. Such tests are marked `serial`; infra/run_tests.sh runs them alone first."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        pytest.fail(
+            f"this test {why}, so it cannot run beside other tests (it is in pytest-xdist worker "
+            f"{worker}): mark its module `serial` and run the serial tests without -n, as "
+            "infra/run_tests.sh does"
+        )
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """METIS_TEST_BUDGET_MIN: once the session has run that many minutes, slow tests not yet
-    started are skipped, saying so (CI sets it: a machine much slower than ours must still finish
-    within CI's limit; unit and integration tests always run)."""
+    """A `serial` test fails in a parallel worker (require_alone). METIS_TEST_BUDGET_MIN: once the
+    suite has run that many minutes, slow tests not yet started are skipped, saying so (CI sets it:
+    a machine much slower than ours must still finish within CI's limit; unit and integration tests
+    always run)."""
+    if item.get_closest_marker("serial"):
+        require_alone("checks state the whole machine shares (marked serial)")
     budget = os.environ.get("METIS_TEST_BUDGET_MIN")
     if budget and item.get_closest_marker("slow"):
-        spent = (time.monotonic() - SESSION_START) / 60
+        spent = (time.time() - SESSION_START) / 60
         if spent > float(budget):
             pytest.skip(
                 f"the suite's time budget is spent ({spent:.0f} of METIS_TEST_BUDGET_MIN={budget} "

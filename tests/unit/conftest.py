@@ -9,6 +9,7 @@ import pytest
 
 from metis_core.sandbox import SandboxLimits, run_tests
 from metis_core.sandbox import TestsResult as Result  # not "Test*": pytest would collect it
+from tests.conftest import require_alone
 
 FAST = SandboxLimits(cpu_seconds=2, wall_seconds=3, memory_bytes=256 * 2**20, processes=8)
 
@@ -26,7 +27,9 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 
 def _strays() -> list[int]:
-    """Pids of live processes still running the sandbox launcher or the grader."""
+    """Pids of live processes still running the sandbox launcher or the grader, whoever started
+    them: a test that looks must run alone (marked `serial`)."""
+    require_alone("looks for sandbox processes among every process on the machine")
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():

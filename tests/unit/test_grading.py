@@ -3,9 +3,13 @@ sandbox, only answers calls (metis_core/grading.py). Run in each isolation mode 
 
 import secrets
 
+import pytest
+
 from metis_core.sandbox import SandboxLimits, run_tests
 from metis_core.sandbox import TestsResult as Result  # not "Test*": pytest would collect it
 from tests.unit.conftest import FAST, assert_no_strays, run_checked
+
+pytestmark = pytest.mark.serial  # assert_no_strays looks at every process
 
 
 def _graded(program: str, tests: list[str], mode: str, limits: SandboxLimits = FAST) -> Result:

@@ -21,6 +21,10 @@ from metis_core.domains.code import (
     humaneval_rows,
     procedural_tasks,
 )
+from tests.unit.conftest import _strays
+
+# it looks for leftovers among every process and in the temp folder every test shares
+pytestmark = pytest.mark.serial
 
 # the frame, gc and settrace tricks of the hostile corpus; `{f}` is the entry point's name
 FIND_REPORT = """\
@@ -167,17 +171,8 @@ def _entry(task):
 
 
 def _leftovers():
-    """Live sandbox/grader processes and sandbox workdirs."""
-    procs = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"metis-sandbox-launcher" in cmd or b"metis-grader" in cmd:
-                procs.append(int(entry.name))
-    return procs, set(Path(tempfile.gettempdir()).glob("metis-sandbox-*"))
+    """Live sandbox/grader processes and sandbox workdirs (anyone's: the module runs alone)."""
+    return _strays(), set(Path(tempfile.gettempdir()).glob("metis-sandbox-*"))
 
 
 @pytest.fixture(params=["auto", "rlimits"])

@@ -19,6 +19,8 @@ from metis_core.sandbox import SandboxLimits, SandboxUnavailable, isolation, run
 from metis_core.sandbox import TestsResult as Result  # not "Test*": pytest would collect it
 from tests.unit.conftest import FAST, assert_no_strays, run_checked
 
+pytestmark = pytest.mark.serial  # assert_no_strays looks at every process
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -11,7 +11,10 @@ import pytest
 
 from metis_core.sandbox_cgroup import TreeLimits, available
 
-pytestmark = pytest.mark.skipif(available() is None, reason="no writable cgroup hierarchy here")
+pytestmark = [
+    pytest.mark.skipif(available() is None, reason="no writable cgroup hierarchy here"),
+    pytest.mark.serial,  # its CPU-time and memory bounds are measured on a machine left to it
+]
 
 HOG = """
 import os, time

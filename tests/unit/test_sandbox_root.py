@@ -15,6 +15,8 @@ import pytest
 from metis_core.sandbox import SandboxLimits
 from tests.unit.conftest import FAST, _works, assert_no_strays, run_checked
 
+pytestmark = pytest.mark.serial  # assert_no_strays looks at every process
+
 REPO = Path(__file__).resolve().parents[2]
 
 
