@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The test suite: lint, then pytest twice. First the tests marked serial (the sandbox's, which look
 # at every process and the shared temp folder) alone, about a minute; then everything else in
-# METIS_TEST_WORKERS pytest-xdist workers (default 2, a test file to a worker): unit tests, then
-# integration tests with real vLLM/DeepSpeed/DuckDB/MLflow/Prefect on a tiny model, then the slow
-# tier (the real SmolLM2, resume after a kill, the services walkthrough), in that order in each
-# worker (tests/conftest.py). Both together took 28 minutes on 2 AVX-512 cores (2026-12-04; in one
-# process 28-36 minutes on fresh clones the day before). METIS_TEST_MARKERS selects tiers, e.g.
+# METIS_TEST_WORKERS pytest-xdist workers (default 2, a test file to a worker): unit tests,
+# integration tests with real vLLM/DeepSpeed/DuckDB/MLflow/Prefect on a tiny model, and the slow
+# tier (the real SmolLM2, resume after a kill, the services walkthrough). xdist hands out the files
+# with the most tests first, in tier order among equals (tests/conftest.py), so the slow tier's
+# one-test files come last. Both runs together took 24-28 minutes on 2 AVX-512 cores (2026-12-04;
+# in one process 28-36 minutes on fresh clones the day before). METIS_TEST_MARKERS selects tiers, e.g.
 # "not slow"; pytest's exit code 5 (nothing selected) is not a failure. Under CI (CI=true) slow
 # tests not started within METIS_TEST_BUDGET_MIN minutes (default 65, counted from the first
 # pytest's start) are skipped, each saying so, so that a slow machine still finishes within CI's
