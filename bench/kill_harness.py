@@ -235,14 +235,22 @@ def main() -> None:
     parser.add_argument("--points", nargs="*", default=[], help="failpoints, e.g. judge@0")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=0.0, help="max |weight gap|")
+    parser.add_argument(
+        "--window", type=float, default=0.0,
+        help="random kills fall 3 s to this many seconds into an attempt (default: the reference "
+        "run's time, measured on this machine and kept in <out>/reference.json)",
+    )  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     model = tiny_model(args.out)
     runs = args.out / "runs"
+    timing = args.out / "reference.json"
     if not finished(runs / "reference"):
         started = time.perf_counter()
         run_to_end(model, runs, "reference", [], args.out / "reference.log")
-        print(f"reference run: {time.perf_counter() - started:.0f} s")
+        timing.write_text(json.dumps({"seconds": round(time.perf_counter() - started, 1)}))
+        print(f"reference run: {json.loads(timing.read_text())['seconds']:.0f} s")
+    window = args.window or (json.loads(timing.read_text())["seconds"] if timing.is_file() else 75)
     results = args.out / "results.jsonl"
     done = (
         {json.loads(line)["run"] for line in results.read_text().splitlines()}
@@ -254,8 +262,9 @@ def main() -> None:
         plans.append(("points-" + "-".join(args.points), list(args.points)))
     rng = random.Random(args.seed)
     for i in range(-(-args.random // args.kills_per_run)):
-        # start-up takes ~40 s and a tiny run ~70 s: kills land in start-up, steps and resumes
-        kills = [round(rng.uniform(5, 75), 1) for _ in range(args.kills_per_run)]
+        # within the time a whole unkilled attempt takes on this machine (start-up included), so
+        # kills land in start-up, steps, checkpoints and resumes, not after the run has finished
+        kills = [round(rng.uniform(3, window), 1) for _ in range(args.kills_per_run)]
         plans.append((f"random-{args.seed}-{i}", kills))
     for name, kills in plans:
         if name in done:
