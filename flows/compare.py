@@ -29,7 +29,7 @@ from metis_core.comparison import (
     table_markdown,
 )
 from metis_core.config import RunConfig, saved_run_config
-from metis_core.config_loading import changed_settings, load_config
+from metis_core.config_loading import describe_changes, load_config
 from metis_core.launch import close_finished_run, is_finished, prepare_run_dir
 from metis_core.run import read_json, write_json
 from metis_core.store.outcomes import OutcomeStore
@@ -52,11 +52,11 @@ def _difference(saved: dict, cfg: RunConfig, target: float | None) -> str:
     if saved["target"] != target:
         return f"target ({saved['target']}, not {target})"
     try:
-        changed = changed_settings(RunConfig.model_validate(saved["config"]), cfg)
+        changed = describe_changes(RunConfig.model_validate(saved["config"]), cfg)
     except ValueError:  # a config this version of metis no longer reads
         return "config"
     # (trainer.precision and model.dtype: what `auto` became on the machine that started it)
-    return f"config ({', '.join(changed[:6])} differ)" if changed else "config"
+    return f"config ({changed})" if changed else "config"
 
 
 @task(name="plan-comparison", cache_policy=NO_CACHE)

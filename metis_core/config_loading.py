@@ -160,3 +160,13 @@ def changed_settings(before: RunConfig, now: RunConfig) -> list[str]:
     """The settings (`section.field`, as in `flat_params`) whose values differ, sorted."""
     a, b = flat_params(before), flat_params(now)
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def describe_changes(before: RunConfig, now: RunConfig, shown: int = 6) -> str:
+    """`changed_settings` for a message: "a, b differ", the first `shown` and how many more; ""
+    when none differ."""
+    changed = changed_settings(before, now)
+    if not changed:
+        return ""
+    more = f" and {len(changed) - shown} more" if len(changed) > shown else ""
+    return f"{', '.join(changed[:shown])}{more} differ"

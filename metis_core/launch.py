@@ -13,7 +13,7 @@ from datasets import Dataset
 from metis_core import checkpoints
 from metis_core.algorithms import MovingAverageBaseline
 from metis_core.config import RunConfig, saved_run_config
-from metis_core.config_loading import ConfigError, changed_settings, flat_params
+from metis_core.config_loading import ConfigError, describe_changes, flat_params
 from metis_core.data.pool import DatasetError, build_pool
 from metis_core.model.weights import cache_dir, resolve_model
 from metis_core.run import Run, new_sampler, read_json, task_prompt_ids, write_json
@@ -97,10 +97,10 @@ def named_run_dir(cfg: RunConfig, run_id: str) -> Path:
     """
     saved = Path(cfg.output_dir) / run_id / "config.json"
     if saved.is_file():
-        changed = changed_settings(saved_run_config(saved.parent), cfg)
+        changed = describe_changes(saved_run_config(saved.parent), cfg)
         if changed:
             raise ConfigError(
-                f"run {run_id!r} exists with another config ({', '.join(changed[:6])} differ); "
+                f"run {run_id!r} exists with another config ({changed}); "
                 f"continue it with `metis train --resume {saved.parent}` (its own config) or "
                 "choose another --run-id"
             )

@@ -1,7 +1,7 @@
 import pytest
 
 from metis_core.config import RunConfig
-from metis_core.config_loading import ConfigError, flat_params, load_config
+from metis_core.config_loading import ConfigError, describe_changes, flat_params, load_config
 
 
 def test_defaults_validate():
@@ -180,3 +180,19 @@ def test_the_default_gap_limit_is_loose_when_either_side_computes_in_bf16():
     assert (
         TrainerConfig(precision="bf16", max_logprob_gap=0.05).logprob_gap_limit("float32") == 0.05
     )
+
+
+def test_a_long_list_of_changed_settings_says_how_many_more():
+    """The refusal to continue a run (or a comparison) of another config names what differs: the
+    first six settings, then how many more, never a silently cut list."""
+    base = RunConfig()
+    assert describe_changes(base, RunConfig()) == ""
+    one = RunConfig.model_validate({"seed": 3})
+    assert describe_changes(base, one) == "seed differ"
+    many = RunConfig.model_validate(
+        {"seed": 3, "steps": 5, "name": "other", "rollout": {"n": 2, "temperature": 0.5},
+         "curriculum": {"batch_prompts": 2, "pool_multiplier": 2}, "judge": {"lam": 0.5}}
+    )  # fmt: skip
+    described = describe_changes(base, many)
+    assert described.endswith(" and 2 more differ"), described
+    assert described.count(", ") == 5 and described.startswith("curriculum.batch_prompts")

@@ -7,7 +7,14 @@ import json
 import pytest
 
 from metis_core.config import RunConfig
-from metis_core.launch import close_finished_run, mark_finished, open_run, prepare_run_dir
+from metis_core.config_loading import ConfigError
+from metis_core.launch import (
+    close_finished_run,
+    mark_finished,
+    named_run_dir,
+    open_run,
+    prepare_run_dir,
+)
 from metis_core.run import write_json
 from metis_core.tracking.mlflow_tracker import Tracker, tracking_uri_for
 from tests.conftest import mlflow_run
@@ -98,3 +105,17 @@ def test_a_run_killed_before_it_wrote_its_mlflow_run_id_keeps_one_mlflow_run(
     client, mlflow_id = mlflow_run(run_dir)
     experiment = client.get_experiment_by_name(cfg.experiment).experiment_id
     assert [r.info.run_id for r in client.search_runs([experiment])] == [mlflow_id]
+
+
+def test_a_run_name_taken_by_another_config_is_refused_naming_what_differs(tiny_model, tmp_path):
+    """`metis train --run-id NAME` continues run NAME only with the config that started it; with
+    another it says which settings differ and how to go on, and leaves the run as it was."""
+    settings = {"model": {"path": str(tiny_model)}, "output_dir": str(tmp_path)}
+    run_dir = named_run_dir(RunConfig.model_validate(settings), "taken")
+    saved = (run_dir / "config.json").read_text()
+    assert named_run_dir(RunConfig.model_validate(settings), "taken") == run_dir  # same: continues
+    other = RunConfig.model_validate(settings | {"seed": 3, "steps": 5})
+    with pytest.raises(ConfigError, match=r"run 'taken' exists with another config \(seed, steps "
+                       r"differ\); continue it with `metis train --resume .*taken`"):  # fmt: skip
+        named_run_dir(other, "taken")
+    assert (run_dir / "config.json").read_text() == saved
