@@ -100,12 +100,14 @@ def engine_weights(
     if engine_dtype != "bfloat16":
         yield from weights
         return
-    generator = _noise(ENGINE_STREAM, step)
+    generators: dict[torch.device, torch.Generator] = {}  # a generator draws on its own device
     scratch = torch.empty(0, dtype=torch.int32)  # one for all weights, grown to the largest
     with torch.no_grad():
         for name, weight in weights:
             master = weight.detach().float()
+            if master.device not in generators:
+                generators[master.device] = _noise(ENGINE_STREAM, step, master.device)
             needed = _scratch_size(master.numel())
             if scratch.numel() < needed or scratch.device != master.device:
                 scratch = torch.empty(needed, dtype=torch.int32, device=master.device)
-            yield name, stochastic_bf16(master, generator, scratch)
+            yield name, stochastic_bf16(master, generators[master.device], scratch)

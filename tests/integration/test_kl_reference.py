@@ -29,7 +29,7 @@ def test_the_kl_term_pulls_the_policy_back_to_its_reference(tiny_model):
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in trainer.engine.module.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+            p.add_(0.05 * torch.randn(p.shape, generator=generator).to(p.device))
     kl = [trainer.train_step(rollouts, None, lam=0.0)["kl"] for _ in range(8)]
 
     assert kl[0] > 1e-3  # the moved policy is measurably away from its reference

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from metis_core.rounding import engine_weights, round_copies, stochastic_bf16
+from tests.devices import DEVICE_IDS, DEVICES
 
 
 def neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -14,11 +15,12 @@ def neighbours(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return low.view(torch.float32), (low + 0x10000).view(torch.float32)
 
 
-def test_each_result_is_a_neighbour_and_the_mean_is_the_value():
-    generator = torch.Generator().manual_seed(0)
+@pytest.mark.parametrize("device", DEVICES, ids=DEVICE_IDS)
+def test_each_result_is_a_neighbour_and_the_mean_is_the_value(device):
+    generator = torch.Generator(device).manual_seed(0)
     # a weight of 0.05 plus an lr-sized update: an eighth of a bf16 step above the lower neighbour
     for value in (0.05 + 2.4e-5, -0.05 - 2.4e-5, 3.1e-3, -0.7):
-        x = torch.full((100_000,), value)
+        x = torch.full((100_000,), value, device=device)
         rounded = stochastic_bf16(x, generator)
         assert rounded.dtype == torch.bfloat16
         low, high = neighbours(x)
@@ -53,8 +55,12 @@ def test_the_copies_depend_on_seed_and_step_only():
     assert not all(torch.equal(a, b) for a, b in zip(first, later, strict=True))
 
 
-def test_a_bf16_engine_is_sent_weights_that_equal_the_masters_in_expectation():
-    masters = [("a", torch.full((50_000,), 0.05 + 2.4e-5)), ("b", torch.full((3, 7), -0.7))]
+@pytest.mark.parametrize("device", DEVICES, ids=DEVICE_IDS)
+def test_a_bf16_engine_is_sent_weights_that_equal_the_masters_in_expectation(device):
+    masters = [
+        ("a", torch.full((50_000,), 0.05 + 2.4e-5, device=device)),
+        ("b", torch.full((3, 7), -0.7, device=device)),
+    ]
     # float32 engines get the masters themselves
     assert all(
         sent is w

@@ -13,6 +13,7 @@ from metis_core.trainer.forward import (
     logit_postprocess,
     sequence_logprobs,
 )
+from tests.devices import DEVICE_IDS, DEVICES
 
 COMMON = dict(
     vocab_size=96,
@@ -49,9 +50,11 @@ def tiny(kind: str) -> torch.nn.Module:
 
 
 def reference_logprobs(model, prompt, response, temperature):
-    ids = torch.tensor([prompt + response])
+    device = model.get_output_embeddings().weight.device
+    ids = torch.tensor([prompt + response], device=device)
     logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float() / temperature
-    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response).unsqueeze(-1))[:, 0]
+    chosen = torch.tensor(response, device=device).unsqueeze(-1)
+    return torch.log_softmax(logits, -1).gather(-1, chosen)[:, 0]
 
 
 @pytest.mark.parametrize(
@@ -60,14 +63,14 @@ def reference_logprobs(model, prompt, response, temperature):
     # Gemma 2's sliding-window layers take grouped_logprobs only (full_attention_only)
     + [(kind, sequence_logprobs) for kind in ("llama", "cohere", "granite")],
 )
-def test_trained_logprobs_equal_the_models_own_logits(kind, logprobs):
-    model = tiny(kind)
+@pytest.mark.parametrize("device", DEVICES, ids=DEVICE_IDS)
+def test_trained_logprobs_equal_the_models_own_logits(kind, logprobs, device):
+    model = tiny(kind).to(device)
     prompt, responses = [5, 9, 17, 3], [[40, 41, 2], [7, 8]]
     batch = pack_grouped([prompt, prompt], responses, pad_id=0)
-    cpu = torch.device("cpu")
     with torch.no_grad():
-        ours = logprobs(model, batch, cpu, postprocess=logit_postprocess(model), temperature=0.7)
-        plain = logprobs(model, batch, cpu, temperature=0.7)
+        ours = logprobs(model, batch, device, postprocess=logit_postprocess(model), temperature=0.7)
+        plain = logprobs(model, batch, device, temperature=0.7)
     for row, response in enumerate(responses):
         expected = reference_logprobs(model, prompt, response, 0.7)
         assert torch.allclose(ours[row, : len(response)], expected, atol=1e-4)
