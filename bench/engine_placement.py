@@ -92,8 +92,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from metis_core.config_loading import load_config
-    from metis_core.launch import configure_runtime_environment
-    from metis_core.model.weights import embedded_tokenizer, make_tiny_llama, resolve_model
+    from metis_core.model.weights import (
+        configure_runtime_environment,
+        embedded_tokenizer,
+        make_tiny_llama,
+        resolve_model,
+    )
 
     configure_runtime_environment()
     extra: list[str] = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from pathlib import Path
@@ -15,23 +14,13 @@ from metis_core.algorithms import MovingAverageBaseline
 from metis_core.config import RunConfig, saved_run_config
 from metis_core.config_loading import ConfigError, describe_changes, flat_params
 from metis_core.data.pool import DatasetError, build_pool
-from metis_core.model.weights import cache_dir, resolve_model
+from metis_core.model.weights import configure_runtime_environment, resolve_model
 from metis_core.run import Run, new_sampler, read_json, task_prompt_ids, write_json
 from metis_core.store.outcomes import OutcomeStore
 from metis_core.tracking.mlflow_tracker import Tracker, tracking_uri_for
 from metis_core.tracking.registry import log_datasets
 
 log = logging.getLogger(__name__)
-
-
-def configure_runtime_environment() -> None:
-    """Offline and cached, for everything the run loads; the engine and the tracker set their own
-    library's variables."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
-    os.environ.setdefault("DS_DISABLE_NINJA_WARNING", "1")
 
 
 def import_run_libraries(cfg: RunConfig) -> None:

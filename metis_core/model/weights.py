@@ -27,6 +27,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("METIS_CACHE", Path.home() / ".cache" / "metis"))
 
 
+def configure_runtime_environment() -> None:
+    """Offline and cached, for everything the run loads; the engine and the tracker set their own
+    library's variables."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
+    os.environ.setdefault("DS_DISABLE_NINJA_WARNING", "1")
+
+
 def _embedded_gguf(spec: str) -> Path:
     import importlib.util
 
