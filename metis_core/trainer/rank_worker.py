@@ -230,11 +230,27 @@ def serve(rank: Rank, conn: multiprocessing.connection.Connection | None) -> Non
             return
 
 
+def check_one_gpu_each(local_rank: int, local_ranks: int, gpus: int) -> None:
+    """On a machine with GPUs each rank takes the GPU of its local rank (DeepSpeed's rule): refuse,
+    naming the fix, a node given more ranks than it has GPUs, rather than fail later in CUDA."""
+    if gpus and local_rank >= gpus:
+        raise SystemExit(
+            f"this node runs {local_ranks} trainer ranks but has {gpus} GPU(s), one for each rank: "
+            f"set trainer.ranks to at most {gpus} per node (trainer.ranks / trainer.nodes), or "
+            "hide the GPUs (CUDA_VISIBLE_DEVICES=) to train on the CPU"
+        )
+
+
 def main() -> None:
     from multiprocessing.connection import Client
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    check_one_gpu_each(
+        int(os.environ.get("LOCAL_RANK", 0)),
+        int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
+        torch.cuda.device_count() if torch.cuda.is_available() else 0,
+    )
     from metis_core.trainer.distributed import init_deepspeed_distributed
 
     client = os.environ.get("METIS_TRAINER_CLIENT_PID")  # set on node 0, the flow's machine
