@@ -123,10 +123,8 @@ class PolicyTrainer:
             # gradients into their partitions on that path: it stays.)
             self.engine.enable_backward_allreduce = False
         self.device = torch.device(self.engine.device)
-        if self.reference is not None:
-            self.reference.to(
-                self.device
-            )  # where DeepSpeed put the policy (a GPU where there is one)
+        if self.reference is not None:  # where DeepSpeed put the policy: a GPU where there is one
+            self.reference.to(self.device)
         self.autocast = cfg.precision == "autocast-bf16"
         if advice := precision_advice(cfg.precision, self.device):
             log.warning(advice)  # e.g. bf16 on an AVX2-only CPU: slower than fp32
