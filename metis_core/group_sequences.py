@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from metis_core.batch import GroupedBatch, prefix_groups
+from metis_core.batch import GroupedBatch, micro_batches, prefix_groups, split_to_fit
 
 
 def one_pass_tokens(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> int:
@@ -29,6 +29,23 @@ def one_pass_tokens(prompts: Sequence[Sequence[int]], responses: Sequence[Sequen
     ]
     _, ends = sequence_spans([len(prefix) for prefix in prefixes], row_group, suffix_len)
     return len(prefixes) * max(ends)
+
+
+def micro_batch_slices(
+    prompts: Sequence[Sequence[int]],
+    responses: Sequence[Sequence[int]],
+    max_rows: int,
+    max_tokens: int,
+    one_pass: bool,
+) -> list[slice]:
+    """Consecutive rows cut into micro-batches of at most `max_rows` rows and `max_tokens` padded
+    tokens; in the one-pass layout, cut again until each fits as `GroupSequences` (groups of
+    unequal sizes pad to more than rows x the longest row) or is one row."""
+    lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
+    slices = micro_batches(lengths, max_rows, max_tokens)
+    if not one_pass:
+        return slices
+    return split_to_fit(slices, lambda s: one_pass_tokens(prompts[s], responses[s]), max_tokens)
 
 
 def sequence_spans(

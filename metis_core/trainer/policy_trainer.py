@@ -37,14 +37,12 @@ from metis_core.algorithms import (
 from metis_core.batch import (
     GroupedBatch,
     micro_batch_weight,
-    micro_batches,
     pack_grouped,
     pack_sequences,
     response_values,
-    split_to_fit,
 )
 from metis_core.config import TrainerConfig
-from metis_core.group_sequences import one_pass_tokens
+from metis_core.group_sequences import micro_batch_slices
 from metis_core.ports import JudgmentBatch, RolloutBatch
 from metis_core.rounding import engine_weights, round_copies
 from metis_core.trainer.attention import register_trainer_attention
@@ -203,14 +201,10 @@ class PolicyTrainer:
         the loss mask."""
         masks = self._bitmasks(responses, regexes)
         packs = []
-        lengths = [len(p) + len(r) for p, r in zip(prompts, responses, strict=True)]
-        slices = micro_batches(lengths, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens)
-        if self.one_pass:  # groups of unequal sizes pad to more than rows x the longest row
-            slices = split_to_fit(
-                slices,
-                lambda s: one_pass_tokens(prompts[s], responses[s]),
-                self.cfg.micro_batch_tokens,
-            )
+        cfg = self.cfg
+        slices = micro_batch_slices(
+            prompts, responses, cfg.micro_batch_size, cfg.micro_batch_tokens, self.one_pass
+        )
         for s in slices:
             mb = pack_grouped(
                 prompts[s], responses[s], self.pad_id, None if masks is None else masks[s]

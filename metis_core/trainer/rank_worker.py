@@ -249,7 +249,7 @@ def main() -> None:
     check_one_gpu_each(
         int(os.environ.get("LOCAL_RANK", 0)),
         int(os.environ.get("LOCAL_WORLD_SIZE", 1)),
-        torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        torch.cuda.device_count(),  # 0 without CUDA
     )
     from metis_core.trainer.distributed import init_deepspeed_distributed
 

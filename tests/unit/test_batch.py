@@ -8,7 +8,7 @@ from metis_core.batch import (
     pack_sequences,
     split_to_fit,
 )
-from metis_core.group_sequences import group_sequences, one_pass_tokens
+from metis_core.group_sequences import group_sequences, micro_batch_slices, one_pass_tokens
 
 
 def test_pack_sequences_marks_response_labels():
@@ -80,10 +80,9 @@ def test_split_to_fit_halves_until_every_part_fits_or_is_one_row():
     assert split_to_fit([], tokens, 100) == []
     prompts = [[1] * 40] * 8 + [[2 + i] * 40 for i in range(7)]
     responses = [[9] * 20] * 15
-    fitted = split_to_fit(
-        micro_batches([60] * 15, 64, 1000),
-        lambda s: one_pass_tokens(prompts[s], responses[s]),
-        1000,
+    fitted = micro_batch_slices(prompts, responses, 64, 1000, one_pass=True)
+    assert micro_batch_slices(prompts, responses, 64, 1000, one_pass=False) == micro_batches(
+        [60] * 15, 64, 1000
     )
     assert [i for s in fitted for i in range(s.start, s.stop)] == list(range(15))
     assert all(one_pass_tokens(prompts[s], responses[s]) <= 1000 for s in fitted)
