@@ -59,21 +59,19 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    import yaml
 
     from bench.stage_work import size_of, update_tflop
+    from metis_core.config_loading import ConfigError, load_section
     from metis_core.model.weights import configure_runtime_environment, resolve_model
     from metis_core.ports import JudgmentBatch, RolloutBatch
     from metis_core.trainer.policy_trainer import PolicyTrainer
     from metis_core.trainer_config import TrainerConfig
 
     configure_runtime_environment()
-    # the trainer section alone: a whole run's config would also check its tasks' datasets
-    if bad := [o for o in args.overrides if "=" not in o]:
-        parser.error(f"--set expects TRAINER_KEY=VALUE, got {bad}")
-    cfg = TrainerConfig.model_validate(
-        {key: yaml.safe_load(value) for key, value in (o.split("=", 1) for o in args.overrides)}
-    )
+    try:  # the trainer section alone: a whole config would also load its tasks' datasets
+        cfg = load_section(TrainerConfig, "trainer", args.overrides)
+    except ConfigError as err:
+        parser.error(str(err))
     trainer = PolicyTrainer(
         resolve_model(args.model),
         cfg,

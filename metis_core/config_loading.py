@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from metis_core.config import RunConfig, SettingsError, TaskSpec
 from metis_core.domains import domains, task_source
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -47,28 +49,45 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         tree = loaded
+    cfg = _validated(RunConfig, _overridden(tree, overrides))
+    _check_files(cfg)
+    return cfg
+
+
+def load_section(
+    section: type[SectionT], name: str, overrides: list[str] | tuple[str, ...] = ()
+) -> SectionT:
+    """One section of a config (e.g. TrainerConfig as `trainer`) from its defaults and `key=value`
+    overrides of its own keys, validated alone: a whole config also checks its tasks' datasets,
+    which a benchmark of one part need not load. Raises ConfigError naming each bad key."""
+    return _validated(section, _overridden({}, overrides), where=name)
+
+
+def _overridden(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got `{item}`")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), raw)
+    return tree
+
+
+def _validated(model: type[SectionT], tree: dict[str, Any], where: str = "") -> SectionT:
     try:
-        cfg = RunConfig.model_validate(tree)
+        return model.model_validate(tree)
     except ValidationError as err:
         lines = []
         for e in err.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "config"
+            key = ".".join([*filter(None, [where]), *(str(p) for p in e["loc"])]) or "config"
             inner = e.get("ctx", {}).get("error")
             found = (
                 inner.problems if isinstance(inner, SettingsError) else [((), e["msg"], e["type"])]
             )
             for loc, msg, kind in found:  # a domain's settings problems by their own keys
-                key = ".".join([where, *map(str, loc)])
+                full = ".".join([key, *map(str, loc)])
                 unknown = "unknown key (check spelling; see docs/configs.md)"
-                lines.append(f"  {key}: {unknown if kind == 'extra_forbidden' else msg}")
+                lines.append(f"  {full}: {unknown if kind == 'extra_forbidden' else msg}")
         raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
-    _check_files(cfg)
-    return cfg
 
 
 def _check_files(cfg: RunConfig) -> None:

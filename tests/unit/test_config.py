@@ -196,3 +196,16 @@ def test_a_long_list_of_changed_settings_says_how_many_more():
     described = describe_changes(base, many)
     assert described.endswith(" and 2 more differ"), described
     assert described.count(", ") == 5 and described.startswith("curriculum.batch_prompts")
+
+
+def test_one_section_loads_alone_with_errors_by_its_full_key():
+    from metis_core.config import TrainerConfig
+    from metis_core.config_loading import load_section
+
+    assert load_section(TrainerConfig, "trainer", ["lr=2e-5", "precision=fp32"]).lr == 2e-5
+    with pytest.raises(ConfigError, match=r"trainer\.precision: Input should be"):
+        load_section(TrainerConfig, "trainer", ["precision=fp8"])
+    with pytest.raises(ConfigError, match=r"trainer\.lrr: unknown key"):
+        load_section(TrainerConfig, "trainer", ["lrr=1"])
+    with pytest.raises(ConfigError, match="--set expects key=value"):
+        load_section(TrainerConfig, "trainer", ["lr"])
