@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from metis_core.openmp import passive_openmp  # noqa: E402
+from metis_core.openmp import configure_openmp  # noqa: E402
 
-passive_openmp()  # as `metis` does, before torch loads
+configure_openmp()  # as `metis` does, before torch loads
 
 import torch  # noqa: E402
 

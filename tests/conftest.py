@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from metis_core.openmp import configure_openmp
+
+configure_openmp()  # the OpenMP runtime `metis` runs on, before any test imports torch
+
 REPO = Path(__file__).resolve().parents[1]
 # When the suite started, in epoch seconds: infra/run_tests.sh sets METIS_TEST_STARTED once for both
 # of its pytest runs (the serial tests, then the rest in parallel workers that start later).

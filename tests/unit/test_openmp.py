@@ -1,40 +1,99 @@
-"""`metis` sets OMP_WAIT_POLICY=PASSIVE before torch loads its OpenMP runtime (which reads it
-once, at load), and leaves an explicit setting alone."""
+"""`metis` chooses the OpenMP runtime before torch loads one (metis_core/openmp.py): Intel's,
+bound ahead of torch's libgomp, where the intel-openmp package is installed; GNU's sleeping when
+idle otherwise or when asked; a wait policy the user set is kept."""
 
+import json
 import os
 import subprocess
 import sys
 
-# Records the policy in the environment at the moment torch is first imported.
+import pytest
+
+from metis_core.openmp import intel_runtime_library
+
+# Records the environment at the moment torch is first imported, then which library the
+# process's global symbol scope (where torch's OpenMP calls are looked up first) takes
+# GOMP_parallel from.
 SCRIPT = """
-import importlib.abc, os, sys
-seen = []
+import ctypes, ctypes.util, importlib.abc, json, os, sys
+seen = {}
 
 class Spy(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == "torch" and not seen:
-            seen.append(os.environ.get("OMP_WAIT_POLICY", "unset"))
+            maps = open("/proc/self/maps").read()
+            seen.update({k: os.environ.get(k) for k in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "LD_PRELOAD")})
+            seen["intel_mapped"] = "libiomp5" in maps
 
 sys.meta_path.insert(0, Spy())
 from flows.cli import main
 main(["config"])
-print(seen[0] if seen else "torch-not-imported")
+import torch
+torch.ones(1 << 20).sum()
+
+class DlInfo(ctypes.Structure):
+    _fields_ = [("fname", ctypes.c_char_p), ("fbase", ctypes.c_void_p),
+                ("sname", ctypes.c_char_p), ("saddr", ctypes.c_void_p)]
+
+libdl = ctypes.CDLL(ctypes.util.find_library("dl") or "libc.so.6")
+address = ctypes.cast(ctypes.CDLL(None).GOMP_parallel, ctypes.c_void_p)
+info = DlInfo()
+libdl.dladdr(address, ctypes.byref(info))
+seen["GOMP_parallel_from"] = os.path.basename(info.fname.decode())
+print(json.dumps(seen))
 """
 
 
-def policy_when_torch_loads(env_policy: str | None) -> str:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    if env_policy is not None:
-        env["OMP_WAIT_POLICY"] = env_policy
+def when_torch_loads(**env_vars: str) -> dict:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "LD_PRELOAD", "METIS_OPENMP")
+    }
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", SCRIPT],
+        env=env | env_vars,
+        capture_output=True,
+        text=True,
+        check=False,
     )
-    return done.stdout.split()[-1]
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_metis_defaults_openmp_threads_to_sleep_when_idle():
-    assert policy_when_torch_loads(None) == "PASSIVE"
+@pytest.mark.skipif(intel_runtime_library() is None, reason="intel-openmp is not installed")
+def test_metis_binds_torch_to_intels_runtime_where_it_is_installed():
+    seen = when_torch_loads()
+    assert seen["intel_mapped"]  # loaded before torch
+    assert seen["GOMP_parallel_from"].startswith("libiomp5")  # ahead of torch's libgomp
+    assert seen["KMP_BLOCKTIME"] == "1"
+    assert seen["OMP_WAIT_POLICY"] is None
+    # the processes metis starts (trainer ranks, a separate engine) get it too
+    assert seen["LD_PRELOAD"].split(":")[0] == str(intel_runtime_library())
+
+
+def test_gnu_runtime_sleeps_when_idle_where_asked():
+    seen = when_torch_loads(METIS_OPENMP="gnu")
+    assert not seen["intel_mapped"]
+    assert seen["GOMP_parallel_from"].startswith("libgomp")
+    assert seen["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert seen["LD_PRELOAD"] is None
 
 
 def test_an_explicit_wait_policy_is_kept():
-    assert policy_when_torch_loads("ACTIVE") == "ACTIVE"
+    seen = when_torch_loads(OMP_WAIT_POLICY="ACTIVE")
+    assert seen["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert seen["KMP_BLOCKTIME"] is None  # the user's policy decides the spinning
+
+
+def test_an_unknown_runtime_name_is_refused():
+    env = {k: v for k, v in os.environ.items() if k != "METIS_OPENMP"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import flows"],
+        env=env | {"METIS_OPENMP": "llvm"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "METIS_OPENMP='llvm': use auto, intel or gnu" in done.stderr
