@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from metis_core.openmp import configure_openmp  # noqa: E402
+
+configure_openmp()  # as `metis` does, before torch loads (metis_core/openmp.py)
 
 
 class Recorder:
