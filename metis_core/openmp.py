@@ -43,12 +43,9 @@ _chosen: Runtime | None = None
 
 
 def intel_runtime_library() -> Path | None:
-    """libiomp5.so where the intel-openmp package puts it (the environment's lib/), or None."""
-    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix]):
-        candidate = Path(prefix) / "lib" / _INTEL_LIBRARY
-        if candidate.is_file():
-            return candidate
-    return None
+    """libiomp5.so where the intel-openmp package puts it (this environment's lib/), or None."""
+    candidate = Path(sys.prefix) / "lib" / _INTEL_LIBRARY
+    return candidate if candidate.is_file() else None
 
 
 def _preloaded(library: Path) -> bool:
