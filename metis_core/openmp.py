@@ -23,7 +23,8 @@ imported, so torch's OpenMP calls bind to it rather than to the libgomp torch li
 `LD_PRELOAD`, without restarting the process), and prepends it to `LD_PRELOAD` for the processes
 metis starts (trainer ranks, a separate engine, vLLM's own). Where it is not installed (GPU
 installs, ARM) or `METIS_OPENMP=gnu`, GNU's runtime sleeps when idle, as before. A wait policy or
-block time the user set is kept.
+block time the user set is kept, and so is a runtime `LD_PRELOAD` already names (it was loaded
+when the process started, so torch binds to it whatever happens here).
 """
 
 from __future__ import annotations
@@ -48,14 +49,21 @@ def intel_runtime_library() -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def _preloaded(library: Path) -> bool:
-    return any(Path(p).name == library.name for p in os.environ.get("LD_PRELOAD", "").split(":"))
+def _preloaded_runtime() -> str | None:
+    """The file name of the OpenMP runtime LD_PRELOAD names, if any: loaded when this process
+    started, ahead of everything else, so it is the one torch uses whatever is done here."""
+    for entry in os.environ.get("LD_PRELOAD", "").replace(" ", ":").split(":"):
+        name = Path(entry).name
+        if name.startswith(("libiomp", "libgomp", "libomp")):
+            return name
+    return None
 
 
 def configure_openmp() -> Runtime | None:
     """Choose the OpenMP runtime for this process and the processes it starts (see the module
     docstring). Returns the runtime chosen, or None when torch was imported before the call, so
-    only child processes get the choice. `METIS_OPENMP` = auto (the default), intel or gnu."""
+    only child processes get the choice. `METIS_OPENMP` = auto (the default), intel or gnu. A
+    runtime already named in `LD_PRELOAD` (by the user, or by a parent metis process) is kept."""
     global _chosen
     if _chosen is not None:
         return _chosen
@@ -69,24 +77,28 @@ def configure_openmp() -> Runtime | None:
             "`pip install intel-openmp`, or unset METIS_OPENMP"
         )
     torch_loaded = "torch" in sys.modules
-    if library is not None and "OMP_WAIT_POLICY" not in os.environ:
+    preloaded = _preloaded_runtime()
+    if preloaded is not None:
+        runtime: Runtime = "intel" if preloaded.startswith("libiomp") else "gnu"
+        library = None  # (a second copy of libiomp in one process aborts it)
+    else:
+        runtime = "gnu" if library is None else "intel"
+    if runtime == "intel" and "OMP_WAIT_POLICY" not in os.environ:
         os.environ.setdefault("KMP_BLOCKTIME", "1")  # read when the runtime starts
     if library is not None and not torch_loaded:
         try:
             ctypes.CDLL(str(library), mode=os.RTLD_GLOBAL)
-        except OSError as err:  # e.g. a library for another machine
+        except OSError as err:  # e.g. a library built for another machine
             if wanted == "intel":
                 raise
             log.warning("not using Intel's OpenMP runtime (%s): %s", library, err)
-            library = None
-    if library is None:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        _chosen = "gnu"
-        return None if torch_loaded else _chosen
-    if not _preloaded(library):
+            library, runtime = None, "gnu"
+    if library is not None:  # for the processes this one starts
         preload = os.environ.get("LD_PRELOAD")
         os.environ["LD_PRELOAD"] = f"{library}:{preload}" if preload else str(library)
+    if runtime == "gnu":
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if torch_loaded:
         return None
-    _chosen = "intel"
-    return _chosen
+    _chosen = runtime
+    return runtime

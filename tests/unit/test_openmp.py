@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -84,6 +85,24 @@ def test_an_explicit_wait_policy_is_kept():
     seen = when_torch_loads(OMP_WAIT_POLICY="ACTIVE")
     assert seen["OMP_WAIT_POLICY"] == "ACTIVE"
     assert seen["KMP_BLOCKTIME"] is None  # the user's policy decides the spinning
+
+
+@pytest.mark.skipif(intel_runtime_library() is None, reason="intel-openmp is not installed")
+def test_a_process_metis_starts_keeps_the_runtime_it_was_given():
+    seen = when_torch_loads(LD_PRELOAD=str(intel_runtime_library()), KMP_BLOCKTIME="1")
+    assert seen["GOMP_parallel_from"].startswith("libiomp5")
+    assert seen["LD_PRELOAD"] == str(intel_runtime_library())  # not named twice
+
+
+def test_a_runtime_ld_preload_names_is_kept():
+    import torch
+
+    (gomp,) = Path(torch.__path__[0], "lib").glob("libgomp*.so*")  # torch's own
+    seen = when_torch_loads(LD_PRELOAD=str(gomp))
+    assert not seen["intel_mapped"]
+    assert seen["GOMP_parallel_from"].startswith("libgomp")
+    assert seen["LD_PRELOAD"] == str(gomp)
+    assert seen["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
 def test_an_unknown_runtime_name_is_refused():
