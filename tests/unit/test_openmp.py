@@ -27,8 +27,7 @@ class Spy(importlib.abc.MetaPathFinder):
             seen["intel_mapped"] = "libiomp5" in maps
 
 sys.meta_path.insert(0, Spy())
-from flows.cli import main
-main(["config"])
+ENTRY
 import torch
 torch.ones(1 << 20).sum()
 
@@ -45,14 +44,26 @@ print(json.dumps(seen))
 """
 
 
-def when_torch_loads(**env_vars: str) -> dict:
+# how a process comes to metis: the command line, or a deployment's flow run (Prefect's worker
+# loads the flow from its entrypoint in prefect.yaml)
+ENTRIES = {
+    "metis": 'from flows.cli import main\nmain(["config"])',
+    "deployment": "from prefect.flows import load_flow_from_entrypoint\n"
+    'load_flow_from_entrypoint("flows/train.py:train")',
+}
+
+
+def when_torch_loads(entry: str = "metis", **env_vars: str) -> dict:
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("OMP_WAIT_POLICY", "KMP_BLOCKTIME", "LD_PRELOAD", "METIS_OPENMP")
     }
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
+        [sys.executable, "-c", SCRIPT.replace("ENTRY", ENTRIES[entry])],
+        cwd=Path(__file__)
+        .resolve()
+        .parents[2],  # the repository: the entrypoint's path is relative
         env=env | env_vars,
         capture_output=True,
         text=True,
@@ -63,8 +74,9 @@ def when_torch_loads(**env_vars: str) -> dict:
 
 
 @pytest.mark.skipif(intel_runtime_library() is None, reason="intel-openmp is not installed")
-def test_metis_binds_torch_to_intels_runtime_where_it_is_installed():
-    seen = when_torch_loads()
+@pytest.mark.parametrize("entry", list(ENTRIES))
+def test_metis_binds_torch_to_intels_runtime_where_it_is_installed(entry):
+    seen = when_torch_loads(entry)
     assert seen["intel_mapped"]  # loaded before torch
     assert seen["GOMP_parallel_from"].startswith("libiomp5")  # ahead of torch's libgomp
     assert seen["KMP_BLOCKTIME"] == "1"
