@@ -44,10 +44,7 @@ def _services(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from metis_core.openmp import configure_openmp
-
-    configure_openmp()  # before anything imports torch (metis_core/openmp.py)
-    args = parser().parse_args(argv)
+    args = parser().parse_args(argv)  # (the OpenMP runtime was chosen on importing `flows`)
     if args.command == "services":
         return _services(args)
     from metis_core.config_loading import ConfigError, load_config

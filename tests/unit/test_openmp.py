@@ -12,6 +12,8 @@ import pytest
 
 from metis_core.openmp import intel_runtime_library
 
+REPO = Path(__file__).resolve().parents[2]
+
 # Records the environment at the moment torch is first imported, then which library the
 # process's global symbol scope (where torch's OpenMP calls are looked up first) takes
 # GOMP_parallel from.
@@ -61,9 +63,7 @@ def when_torch_loads(entry: str = "metis", **env_vars: str) -> dict:
     }
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT.replace("ENTRY", ENTRIES[entry])],
-        cwd=Path(__file__)
-        .resolve()
-        .parents[2],  # the repository: the entrypoint's path is relative
+        cwd=REPO,  # the deployment's entrypoint path is relative to it
         env=env | env_vars,
         capture_output=True,
         text=True,
