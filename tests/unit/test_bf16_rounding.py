@@ -5,6 +5,7 @@ function of (seed, step) alone."""
 import pytest
 import torch
 
+from metis_core import rounding
 from metis_core.rounding import engine_weights, round_copies, stochastic_bf16
 from tests.devices import DEVICE_IDS, DEVICES
 
@@ -77,3 +78,45 @@ def test_a_bf16_engine_is_sent_weights_that_equal_the_masters_in_expectation(dev
     assert all(torch.equal(again[k], sent[k]) for k in sent)  # a resumed run sends the same
     other = dict(engine_weights(masters, "bfloat16", 4))
     assert not torch.equal(other["a"], sent["a"])  # new noise every step
+
+
+def test_each_weight_is_unbiased_across_steps():
+    """The noise comes from a table read at a new offset each step: every single weight, not
+    just the tensor on average, must round up with the frequency of its dropped fraction."""
+    value = 0.05 + 2.4e-5  # an eighth of a bf16 step above the lower neighbour
+    master = torch.full((2_000,), value)
+    copy = torch.empty(master.shape, dtype=torch.bfloat16)
+    low, high = neighbours(master[:1])
+    up_fraction = (value - float(low[0])) / float(high[0] - low[0])
+    ups = torch.zeros(master.shape)
+    steps = 400
+    for step in range(steps):
+        round_copies([(copy, master)], step=step)
+        ups += (copy.float() == high[0]).float()
+    per_weight = ups / steps
+    # a Bernoulli(0.125) mean over 400 steps has sd 0.017: 0.09 is over 5 sd for any weight
+    assert float((per_weight - up_fraction).abs().max()) < 0.09
+    assert float(per_weight.mean()) == pytest.approx(up_fraction, abs=0.005)
+
+
+def test_chunked_rounding_equals_whole_tensor_rounding():
+    master = torch.randn(10_007) * 0.05
+    whole = torch.empty(master.shape, dtype=torch.bfloat16)
+    chunked = torch.empty(master.shape, dtype=torch.bfloat16)
+    rounding._round_into(whole, master, 123, torch.empty(master.numel(), dtype=torch.int32))
+    rounding._round_into(chunked, master, 123, torch.empty(1_000, dtype=torch.int32))
+    assert torch.equal(whole, chunked)
+    low, high = neighbours(master)
+    assert bool(((whole.float() == low) | (whole.float() == high)).all())
+
+
+def test_the_noise_table_does_not_depend_on_how_it_grew():
+    grown = rounding._NoiseTable()
+    grown.at_least(10, torch.device("cpu"))
+    grown_table = grown.at_least(2 * rounding._BLOCK + 5, torch.device("cpu"))
+    direct = rounding._NoiseTable().at_least(3 * rounding._BLOCK, torch.device("cpu"))
+    assert torch.equal(grown_table, direct)
+    assert int(direct.min()) >= 0 and int(direct.max()) < 1 << 16
+    # uniform over [0, 2^16): each quarter holds a quarter of the entries
+    quarters = torch.bincount(direct >> 14, minlength=4).float() / direct.numel()
+    assert torch.allclose(quarters, torch.full((4,), 0.25), atol=0.002)
