@@ -91,6 +91,26 @@ def test_which_path_a_pass_takes(monkeypatch, queries, max_scores, extras, dtype
     assert bool(taken) == plain
 
 
+@pytest.mark.parametrize(
+    ("kv_heads", "masked", "grouped"),
+    [
+        (1, True, True),  # grouped-query heads under a mask: torch's SDPA takes them as they are
+        (2, True, False),  # one kv head per query head: nothing to group
+        (1, False, False),  # no mask: transformers already passes grouped heads to SDPA
+    ],
+)
+def test_masked_grouped_passes_keep_their_kv_heads(monkeypatch, kv_heads, masked, grouped):
+    taken = []
+    real = attention.grouped_sdpa
+    monkeypatch.setattr(
+        attention, "grouped_sdpa", lambda *a, **kw: taken.append(1) or real(*a, **kw)
+    )
+    q, k, v = qkv(2, 2, kv_heads, 4, 4)  # fp32: never the plain path
+    mask = padded_mask(2, 4, 4, 1) if masked else None
+    trainer_attention(Layer(2 // kv_heads), q, k, v, mask, scaling=0.25)
+    assert bool(taken) == grouped
+
+
 def test_a_model_loaded_with_it_gives_sdpas_logits():
     reference = tiny_llama("sdpa")  # same seed, same weights
     model = tiny_llama(register_trainer_attention())
