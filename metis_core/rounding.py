@@ -119,9 +119,12 @@ def round_copies(pairs: list[tuple[torch.Tensor, torch.Tensor]], step: int, seed
     device = pairs[0][0].device
     generator = _noise(seed, step, device)
     buffer = _buffer(max(c.numel() for c, _ in pairs), device)
+    # every tensor's offset in one draw (the same values as one draw each): on a GPU, one
+    # device-to-host copy instead of one per tensor
+    offsets = torch.randint(0, WINDOW, (len(pairs),), generator=generator, device=device).tolist()
     with torch.no_grad():
-        for copy, master in pairs:
-            _round_into(copy, master.detach().to(device, torch.float32), _offset(generator), buffer)
+        for (copy, master), offset in zip(pairs, offsets, strict=True):
+            _round_into(copy, master.detach().to(device, torch.float32), offset, buffer)
 
 
 ENGINE_STREAM = 1
