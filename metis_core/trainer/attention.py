@@ -102,14 +102,11 @@ def dense_attention(
 
     additive = attention_mask is not None and attention_mask.dtype != torch.bool  # biases: SDPA's
     extras = any(kwargs.get(k) is not None for k in _SDPA_ONLY)
-    if additive or extras or query.device.type != "cpu":
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )[0]
-    if plain_path_pays(*query.shape[:3], key.shape[2], query.dtype):
-        return math_attention(module, query, key, value, attention_mask, scaling, dropout)
-    if attention_mask is not None and key.shape[1] != query.shape[1]:
-        return grouped_sdpa(query, key, value, attention_mask, dropout, scaling)
+    if not (additive or extras) and query.device.type == "cpu":
+        if plain_path_pays(*query.shape[:3], key.shape[2], query.dtype):
+            return math_attention(module, query, key, value, attention_mask, scaling, dropout)
+        if attention_mask is not None and key.shape[1] != query.shape[1]:
+            return grouped_sdpa(query, key, value, attention_mask, dropout, scaling)
     return sdpa_attention_forward(
         module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
     )[0]
